@@ -1,0 +1,68 @@
+"""The ``lwmkit`` command: one subcommand per job.
+
+Heavy libraries (JAX, Beam) are imported inside the commands, so ``lwmkit --help`` is fast.
+Every command that takes a config accepts ``--set key=value`` overrides; contract errors
+print one clear line (file, field, reason) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lwmkit import __version__
+from lwmkit.commands import data as data_cmds
+from lwmkit.commands import tokenizer as tokenizer_cmds
+from lwmkit.progress import error
+from lwmkit.schemas import ContractError
+
+app = typer.Typer(
+    name="lwmkit",
+    help=(
+        "Build million-token video+language training data with Apache Beam and train long-context "
+        "models on it, stage by stage (the Large World Model recipe)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(tokenizer_cmds.app, name="tokenizer")
+data_cmds.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lwmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """lwmkit: the Large World Model recipe as software."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning contract errors into one readable line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ContractError as err:
+        error(str(err))
+        sys.exit(2)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as err:  # click's usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

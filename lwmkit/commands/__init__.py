@@ -1,0 +1,1 @@
+"""CLI subcommands, one module per job; ``lwmkit/cli.py`` registers them."""
