@@ -7,13 +7,13 @@ print one clear line (file, field, reason) and exit with status 2.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 
 import typer
 
-from lwmkit import __version__
-from lwmkit.commands import data as data_cmds
-from lwmkit.commands import tokenizer as tokenizer_cmds
+from lwmkit import __version__, commands
 from lwmkit.progress import error
 from lwmkit.schemas import ContractError
 
@@ -27,8 +27,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(tokenizer_cmds.app, name="tokenizer")
-data_cmds.register(app)
+# Each module in lwmkit/commands/ defines ``register(app)``; adding a job's command is adding
+# its module there (modules import their heavy dependencies inside the command functions).
+for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+    _module = importlib.import_module(f"lwmkit.commands.{_info.name}")
+    if hasattr(_module, "register"):
+        _module.register(app)
 
 
 def _version(value: bool) -> None:

@@ -27,6 +27,7 @@ from lwmkit.schemas.records import (
     vision_record_id,
     write_table,
 )
+from lwmkit.schemas.shards import ShardSet, build_shard, iter_tar_samples, shard_entry, shard_name, write_atomic
 from lwmkit.schemas.strict import from_dict, to_dict
 from lwmkit.schemas.training import (
     CheckpointConfig,
@@ -42,7 +43,7 @@ __all__ = [
     "BOOK_CHUNK", "CONTRACT_NAMES", "DEAD_LETTER", "MANIFEST_NAME", "PACKED_ARRAYS", "VISION_RECORD",
     "CheckpointConfig", "ContractError", "DeadLetter", "Manifest", "MeshConfig", "MixtureConfig",
     "ModelConfig", "OptimizerConfig", "PackedMeta", "ParquetContract", "SegmentInfo", "ShardEntry",
-    "SourceConfig", "StageConfig", "TokenCounts", "TrainConfig", "VocabLayout",
+    "ShardSet", "SourceConfig", "StageConfig", "TokenCounts", "TrainConfig", "VocabLayout",
     "chunk_id", "decode_sample", "encode_sample", "from_dict", "load_manifest", "read_dead_letters",
-    "read_table", "stable_id", "to_dict", "validate_packed", "validate_rows", "vision_record_id", "write_table",
+    "read_table", "stable_id", "build_shard", "iter_tar_samples", "shard_entry", "shard_name", "write_atomic", "to_dict", "validate_packed", "validate_rows", "vision_record_id", "write_table",
 ]

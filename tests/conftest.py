@@ -4,7 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from lwmkit.schemas import PackedMeta, SegmentInfo
+
+
+def make_packed_sample(seq_len: int = 12, key: str = "s-000000"):
+    """Two segments (5 and 4 tokens) and 3 padding tokens."""
+    seg = np.array([1] * 5 + [2] * 4 + [0] * 3, dtype=np.int32)
+    pos = np.array(list(range(5)) + list(range(4)) + [0] * 3, dtype=np.int32)
+    w = np.array([0, 0.5, 0.5, 0, 0] + [1 / 3] * 3 + [0] + [0] * 3, dtype=np.float32)
+    vm = np.array([0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0], dtype=bool)
+    arrays = {
+        "input_ids": np.arange(seq_len, dtype=np.int32),
+        "target_ids": np.arange(1, seq_len + 1, dtype=np.int32),
+        "loss_weights": w,
+        "segment_ids": seg,
+        "positions": pos,
+        "vision_mask": vm,
+        "target_vision_mask": np.roll(vm, -1),
+    }
+    meta = PackedMeta(
+        key=key,
+        seq_len=seq_len,
+        segments=(
+            SegmentInfo(1, "ex-a", "web", "text", n_tokens=5, n_loss_tokens=2),
+            SegmentInfo(2, "ex-b", "clips", "image", n_tokens=4, n_loss_tokens=3, n_vision_tokens=2, n_frames=1),
+        ),
+    )
+    return arrays, meta
+
+
+@pytest.fixture
+def make_packed():
+    """Builder of a valid packed sample: two segments (5 and 4 tokens), 3 padding."""
+    return make_packed_sample
 
 
 @pytest.fixture(scope="session")

@@ -51,3 +51,7 @@ def info_cmd(model: Path | None = typer.Option(None, help="SentencePiece model; 
 
     tok = TextTokenizer.load(model)
     typer.echo(json.dumps({"path": tok.path, "id": tok.id, "vocab_layout": to_dict(tok.vocab_layout())}, indent=2))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="tokenizer")

@@ -6,37 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from lwmkit.schemas import ContractError, PackedMeta, SegmentInfo, decode_sample, encode_sample
+from lwmkit.schemas import ContractError, decode_sample, encode_sample
 
 
-def make_sample(seq_len: int = 12):
-    """Two segments (5 and 4 tokens) and 3 padding tokens."""
-    seg = np.array([1] * 5 + [2] * 4 + [0] * 3, dtype=np.int32)
-    pos = np.array(list(range(5)) + list(range(4)) + [0] * 3, dtype=np.int32)
-    w = np.array([0, 0.5, 0.5, 0, 0] + [1 / 3] * 3 + [0] + [0] * 3, dtype=np.float32)
-    vm = np.array([0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0], dtype=bool)
-    arrays = {
-        "input_ids": np.arange(seq_len, dtype=np.int32),
-        "target_ids": np.arange(1, seq_len + 1, dtype=np.int32),
-        "loss_weights": w,
-        "segment_ids": seg,
-        "positions": pos,
-        "vision_mask": vm,
-        "target_vision_mask": np.roll(vm, -1),
-    }
-    meta = PackedMeta(
-        key="s-000000",
-        seq_len=seq_len,
-        segments=(
-            SegmentInfo(1, "ex-a", "web", "text", n_tokens=5, n_loss_tokens=2),
-            SegmentInfo(2, "ex-b", "clips", "image", n_tokens=4, n_loss_tokens=3, n_vision_tokens=2, n_frames=1),
-        ),
-    )
-    return arrays, meta
-
-
-def test_round_trip():
-    arrays, meta = make_sample()
+def test_round_trip(make_packed):
+    arrays, meta = make_packed()
     sample = encode_sample(arrays, meta)
     assert set(sample) == {"__key__", "meta.json"} | {f"{k}.npy" for k in arrays}
     got, got_meta = decode_sample({k: v for k, v in sample.items()})
@@ -59,15 +33,15 @@ def test_round_trip():
         (lambda a: a.update(input_ids=np.zeros(11, np.int32)), r"field 'input_ids': has shape \(11,\)"),
     ],
 )
-def test_bad_arrays_are_refused(mutate, message):
-    arrays, meta = make_sample()
+def test_bad_arrays_are_refused(make_packed, mutate, message):
+    arrays, meta = make_packed()
     mutate(arrays)
     with pytest.raises(ContractError, match=message):
         encode_sample(arrays, meta)
 
 
-def test_bad_meta_is_refused():
-    arrays, meta = make_sample()
+def test_bad_meta_is_refused(make_packed):
+    arrays, meta = make_packed()
     sample = encode_sample(arrays, meta)
     data = json.loads(sample["meta.json"])
     data["format_version"] = 7
@@ -85,8 +59,8 @@ def test_bad_meta_is_refused():
         decode_sample({k: v for k, v in sample.items() if k != "meta.json"})
 
 
-def test_pickled_arrays_are_refused():
-    arrays, meta = make_sample()
+def test_pickled_arrays_are_refused(make_packed):
+    arrays, meta = make_packed()
     sample = encode_sample(arrays, meta)
     buf = io.BytesIO()
     np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
