@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -95,10 +96,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"lwmkit.schemas.strict cannot convert to {tp!r} (at {path})")
 
 
+# Resolving a dataclass's string annotations compiles them each time; a packed sample's
+# meta.json builds one SegmentInfo per segment, so readers would spend most of their time here.
+_type_hints = functools.cache(get_type_hints)
+
+
 def _build(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, Mapping):
         raise ContractError(f"must be a mapping, got {type(data).__name__}", field=path or None)
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:

@@ -1,0 +1,248 @@
+"""The pack job: a mixture config + a stage's seq_len -> packed webdataset shards + manifest.
+
+::
+
+    ReadSources ─► FitToLength ─► PlanMixture (token totals -> per-source quotas)
+                        │                 │ (side input)
+                        └──────► SampleByMixture ─► Partition ─► PackAndWrite ─► WriteManifest
+
+Run it as ``lwmkit pack --mixture M.yaml --seq-len 32768 --stage s32k --out DIR`` or
+``python -m lwmkit.pipelines.pack --mixture M.yaml --seq_len 32768 --stage s32k --out DIR
+[--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]``,
+or from Python with :func:`run_pack`. Same inputs + seed -> byte-identical shards on any
+runner and worker count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from lwmkit.pipelines.formatting import Example
+from lwmkit.pipelines.mixture import MixturePlan, example_key, plan_mixture
+from lwmkit.pipelines.pack_sources import COUNTS, DEAD, ReadSource, list_files
+from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, prepare_output
+from lwmkit.pipelines.sequences import fit_example
+from lwmkit.schemas.errors import ContractError
+from lwmkit.schemas.manifest import Manifest, load_manifest
+from lwmkit.schemas.mixture import MixtureConfig
+
+
+class PackOptions(PipelineOptions):
+    """Flags of the pack job (every Beam flag works beside them)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--mixture", default=None, help="Mixture config YAML (local or bucket).")
+        parser.add_argument("--seq_len", type=int, default=None, help="The stage's sequence length.")
+        parser.add_argument("--stage", default=None, help="Stage name recorded in the manifest.")
+        parser.add_argument("--out", default=None, help="Output folder for shards + manifest.json.")
+        parser.add_argument(
+            "--tokenizer", default=None, help="SentencePiece .model (default: the shipped one)."
+        )
+        parser.add_argument(
+            "--set", dest="overrides", action="append", default=[], help="Mixture override key=value."
+        )
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """Everything one run needs, validated before Beam starts."""
+
+    mixture: MixtureConfig
+    seq_len: int
+    stage: str
+    out: str
+    tokenizer_path: str | None
+    tokenizer_id: str
+    settings: PackSettings
+
+    @classmethod
+    def create(
+        cls, mixture: MixtureConfig, seq_len: int, stage: str, out: str, tokenizer: str | None
+    ) -> PackJob:
+        from lwmkit.tokenizers.text import TextTokenizer
+
+        if not isinstance(seq_len, int) or seq_len < 2:
+            raise ContractError(f"must be an integer >= 2, got {seq_len!r}", field="seq_len")
+        if not stage or not stage.strip():
+            raise ContractError("must not be empty", field="stage")
+        tok = TextTokenizer.load(tokenizer)
+        out = out.rstrip("/")
+        settings = PackSettings(out=out, seq_len=seq_len, mixture=mixture, layout=tok.vocab_layout())
+        return cls(mixture, seq_len, stage, out, tokenizer, tok.id, settings)
+
+
+class FitToLength(beam.DoFn):
+    """Apply the over-long policy; pieces go on, what it did is counted."""
+
+    def __init__(self, job: PackJob) -> None:
+        self.seq_len, self.policy, self.layout = job.seq_len, job.mixture.overlong, job.settings.layout
+
+    def process(self, ex: Example) -> Iterator:
+        pieces, counts = fit_example(ex, self.seq_len, self.policy, self.layout)
+        yield from pieces
+        for name, n in counts.items():
+            yield beam.pvalue.TaggedOutput(COUNTS, (f"{name}.{ex.source}", n))
+
+
+class PlanMixture(beam.PTransform):
+    """Examples -> the one :class:`MixturePlan` (token totals per source -> quotas)."""
+
+    def __init__(self, mixture: MixtureConfig) -> None:
+        super().__init__()
+        self.mixture = mixture
+
+    def expand(self, examples):
+        return (
+            examples
+            | "Lengths" >> beam.Map(lambda ex: (ex.source, (ex.example_id, ex.n_tokens)))
+            | "BySource" >> beam.GroupByKey()
+            | "AsLists" >> beam.MapTuple(lambda name, rows: (name, list(rows)))
+            | "ToDict" >> beam.combiners.ToDict()
+            | "Plan" >> beam.Map(plan_mixture, self.mixture)
+        )
+
+
+def buckets(plan: MixturePlan, mixture: MixtureConfig) -> dict[str, int]:
+    """Partitions per packing group: enough that each holds ~``bucket_tokens`` tokens."""
+    tokens: Counter = Counter()
+    for s in mixture.sources:
+        tokens[s.group] += plan.sources[s.name].planned_tokens
+    return {g: max(1, math.ceil(n / mixture.bucket_tokens)) for g, n in tokens.items()}
+
+
+def sample_and_partition(ex: Example, plan: MixturePlan, mixture: MixtureConfig) -> Iterator:
+    """Each copy the plan takes of ``ex`` -> ``((group, bucket), (key, example))``."""
+    from dataclasses import replace
+
+    n_buckets = buckets(plan, mixture)[ex.group]
+    for epoch in plan.sources[ex.source].copies(mixture.seed, ex.example_id):
+        copy = ex if epoch == 0 else replace(ex, example_id=f"{ex.example_id}@{epoch}")
+        key = example_key(mixture.seed, "pack", ex.source, epoch, ex.example_id)
+        yield (ex.group, key % n_buckets), (key, copy)
+
+
+def build(p: beam.Pipeline, job: PackJob) -> None:
+    """The job's graph on pipeline ``p``."""
+    m = job.mixture
+    reads = [
+        p | f"Read[{s.name}]" >> ReadSource(s, list_files(s), job.tokenizer_path, job.seq_len, m.seed)
+        for s in m.sources
+    ]
+    examples = [r["examples"] for r in reads] | "AllExamples" >> beam.Flatten()
+    fitted = examples | "FitToLength" >> beam.ParDo(FitToLength(job)).with_outputs(COUNTS, main="pieces")
+    plan = fitted.pieces | "PlanMixture" >> PlanMixture(m)
+    results = (
+        fitted.pieces
+        | "SampleByMixture" >> beam.FlatMap(sample_and_partition, beam.pvalue.AsSingleton(plan), m)
+        | "Partition" >> beam.GroupByKey()
+        | "PackAndWrite" >> beam.ParDo(PackPartition(job.settings))
+        | "AllResults" >> beam.combiners.ToList()
+    )
+    counts = (
+        [r[COUNTS] for r in reads]
+        + [fitted[COUNTS], plan | "PlanCounts" >> beam.FlatMap(lambda pl: pl.counts().items())]
+        | "AllCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    dead = [r[DEAD] for r in reads] | "AllDead" >> beam.Flatten()
+    _ = results | "WriteManifest" >> beam.Map(
+        finalize,
+        beam.pvalue.AsDict(counts),
+        beam.pvalue.AsList(dead),
+        stage=job.stage,
+        settings=job.settings,
+        tokenizer_id=job.tokenizer_id,
+        created_by="lwmkit pack",
+    )
+
+
+def _unwrap(err: BaseException) -> ContractError | None:
+    """The ContractError inside a runner's wrapped exception, if any (its message, at least)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ContractError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def run_pack(
+    mixture: str | MixtureConfig,
+    seq_len: int,
+    stage: str,
+    out: str,
+    *,
+    tokenizer: str | None = None,
+    overrides: Sequence[str] = (),
+    pipeline_args: Sequence[str] = (),
+) -> Manifest:
+    """Pack ``mixture`` (a YAML path or a config) for one stage into ``out``; returns the manifest.
+
+    ``pipeline_args`` are Beam flags (``--runner``, ``--direct_num_workers``, ...).
+    Raises ContractError for a bad config or input before any shard is written.
+    """
+    from lwmkit.config import load_config
+    from lwmkit.progress import step
+
+    if isinstance(mixture, str):
+        mixture = load_config(MixtureConfig, mixture, overrides)
+    elif overrides:
+        raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
+    job = PackJob.create(mixture, seq_len, stage, out, tokenizer)
+    step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
+    prepare_output(job.out)
+    options = PipelineOptions(list(pipeline_args))
+    try:
+        with beam.Pipeline(options=options) as p:
+            build(p, job)
+    except Exception as err:
+        found = _unwrap(err)
+        if found is not None:
+            raise found from None
+        raise
+    manifest = load_manifest(f"{job.out}/manifest.json")
+    step(
+        f"pack: {manifest.n_sequences} sequences in {len(manifest.shards)} shards, "
+        f"efficiency {manifest.packing_efficiency:.4f}, padding {manifest.padding_tokens} tokens"
+    )
+    return manifest
+
+
+def run(argv: Sequence[str] | None = None) -> Manifest:
+    """``python -m lwmkit.pipelines.pack`` entry point."""
+    opts = PackOptions(list(argv) if argv is not None else None)
+    pack = opts.view_as(PackOptions)
+    missing = [f"--{n}" for n in ("mixture", "seq_len", "stage", "out") if getattr(pack, n) is None]
+    if missing:
+        raise ContractError(f"missing required flags: {', '.join(missing)}", source="pack")
+    import sys
+
+    # Beam reads its own flags from the same list and ignores ours.
+    beam_args = list(argv) if argv is not None else sys.argv[1:]
+    return run_pack(
+        pack.mixture,
+        pack.seq_len,
+        pack.stage,
+        pack.out,
+        tokenizer=pack.tokenizer,
+        overrides=pack.overrides,
+        pipeline_args=beam_args,
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from lwmkit.progress import error
+
+    try:
+        run()
+    except ContractError as err:
+        error(str(err))
+        sys.exit(2)
