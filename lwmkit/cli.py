@@ -51,7 +51,10 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning contract errors into one readable line."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click *returns* a typer.Exit's code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except ContractError as err:
         error(str(err))
         sys.exit(2)
