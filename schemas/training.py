@@ -29,8 +29,11 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay fp32
-    remat: Literal["none", "full", "dots"] = "none"
-    scan_layers: bool = False
+    remat: Literal["none", "full", "dots"] = "none"  # activation checkpointing per layer
+    scan_layers: bool = False  # nn.scan over layers (faster compiles; params stacked)
+    attention_impl: Literal["ring", "allgather"] = "ring"  # allgather: K/V gathered (small rings)
+    attention_block: int = 512  # query/key tile of blockwise attention (fitted to divide L/sp)
+    loss_chunk: int = 1024  # positions per chunk of the output heads (never full [L, V] logits)
 
     def __post_init__(self) -> None:
         for name in ("text_vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim"):
@@ -38,6 +41,8 @@ class ModelConfig:
         require(self.vision_vocab_size >= 0, "vision_vocab_size", "must be >= 0")
         require(self.d_model % self.n_heads == 0, "n_heads", f"must divide d_model={self.d_model}")
         require((self.d_model // self.n_heads) % 2 == 0, "n_heads", "head dim must be even for RoPE")
+        require(self.attention_block > 0, "attention_block", "must be positive")
+        require(self.loss_chunk > 0, "loss_chunk", "must be positive")
         kv = self.kv_heads
         require(kv > 0 and self.n_heads % kv == 0, "n_kv_heads", f"must divide n_heads={self.n_heads}")
 
@@ -93,34 +98,76 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage: a context length, its RoPE theta, its data and its length of training."""
+    """One stage: a context length, its RoPE theta, its data and its length of training.
+
+    The batch is given in sequences (``batch_size``) or tokens (``batch_tokens``, rounded to
+    whole sequences); the length in ``steps`` or as a token budget (``tokens``, rounded up to
+    whole steps). Exactly one of each pair.
+    """
 
     name: str
     seq_len: int
     rope_theta: float
-    steps: int
-    batch_size: int  # sequences per global batch
-    data: str  # path or URL of the stage's manifest.json
+    data: str  # path or URL of the stage's manifest.json (or its folder)
+    steps: int | None = None
+    tokens: int | None = None  # token budget instead of steps
+    batch_size: int | None = None  # sequences per global batch
+    batch_tokens: int | None = None  # tokens per global batch instead of batch_size
     init_from: str | None = None  # None = previous stage's final checkpoint (or fresh init)
     optimizer: OptimizerConfig | None = None  # None = the run's optimizer
     mesh: MeshConfig | None = None  # None = the run's mesh
-    carry_optimizer: bool = False  # carry optimizer state from the previous stage
+    carry_optimizer: bool = False  # carry optimizer state (moments) from the previous stage
+    add_vision: bool = False  # text -> vision: add fresh vte/vision_head if the init has none
+    layout: Literal["contiguous", "zigzag", "striped"] = "contiguous"  # sequence layout on the ring
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", "must be non-empty without '/'")
         require(self.seq_len > 0, "seq_len", "must be positive")
         require(self.rope_theta > 0, "rope_theta", "must be positive")
-        require(self.steps > 0, "steps", "must be positive")
-        require(self.batch_size > 0, "batch_size", "must be positive")
+        require((self.steps is None) != (self.tokens is None), "steps", "give exactly one of steps or tokens")
+        require(self.steps is None or self.steps > 0, "steps", "must be positive")
+        require(self.tokens is None or self.tokens > 0, "tokens", "must be positive")
+        require(
+            (self.batch_size is None) != (self.batch_tokens is None),
+            "batch_size",
+            "give exactly one of batch_size or batch_tokens",
+        )
+        require(self.batch_size is None or self.batch_size > 0, "batch_size", "must be positive")
+        if self.batch_tokens is not None:
+            require(
+                self.batch_tokens >= self.seq_len and self.batch_tokens % self.seq_len == 0,
+                "batch_tokens",
+                f"must be a positive multiple of seq_len={self.seq_len}",
+            )
+
+    @property
+    def sequences_per_batch(self) -> int:
+        return self.batch_size if self.batch_size is not None else self.batch_tokens // self.seq_len
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.sequences_per_batch * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return -(-self.tokens // self.tokens_per_batch)
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """Where checkpoints go (local or bucket), how often, and how many recent ones to keep.
+
+    Every stage also keeps a ``final`` checkpoint that is never pruned.
+    """
+
     dir: str
     every_steps: int = 100
     keep: int = 3
 
     def __post_init__(self) -> None:
+        require(bool(self.dir), "dir", "must not be empty")
         require(self.every_steps > 0, "every_steps", "must be positive")
         require(self.keep >= 1, "keep", "must be >= 1")
 
@@ -136,7 +183,11 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = 0
     log_every: int = 1
-    peak_flops: float | None = None  # per device, for MFU; None = measured at start
+    peak_flops: float | None = None  # per device, FLOP/s for MFU; None = measured at start
+    tokenizer_id: str | None = None  # expected in every manifest; None = the first stage's
+    vqgan_id: str | None = None  # expected in every vision manifest; None = the first one's
+    log_dir: str | None = None  # TensorBoard + JSONL logs; None = <checkpoint.dir>/logs
+    prefetch: int = 2  # batches the reader prepares ahead
     format_version: int = TRAIN_VERSION
 
     def __post_init__(self) -> None:
@@ -145,6 +196,8 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         require(len(set(names)) == len(names), "stages", f"stage names repeat: {names}")
         require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.prefetch >= 0, "prefetch", "must be >= 0")
+        require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "must be > 0")
         for i, stage in enumerate(self.stages):
             mesh = stage.mesh or self.mesh
             if mesh.sequence > 0:
@@ -153,3 +206,9 @@ class TrainConfig:
                     f"stages[{i}].seq_len",
                     f"{stage.seq_len} is not divisible by the sequence axis ({mesh.sequence})",
                 )
+            accum = (stage.optimizer or self.optimizer).grad_accum
+            require(
+                stage.sequences_per_batch % accum == 0,
+                f"stages[{i}].batch_size",
+                f"{stage.sequences_per_batch} sequences do not split into grad_accum={accum} micro-batches",
+            )

@@ -1,0 +1,53 @@
+"""``lwmkit train CONFIG.yaml``: run (or resume) every stage of a training config."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def train(
+    config: str = typer.Argument(..., help="Training config YAML (local path or bucket URL)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field: --set stages.1.steps=500."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check manifests, lower and compile every stage, report memory; train nothing."),
+    coordinator: str = typer.Option(None, "--coordinator", help="Multi-host: host:port of process 0 (or LWMKIT_COORDINATOR)."),
+    num_processes: int = typer.Option(None, "--num-processes", help="Multi-host: number of processes (or LWMKIT_NUM_PROCESSES)."),
+    process_id: int = typer.Option(None, "--process-id", help="Multi-host: this process's id (or LWMKIT_PROCESS_ID)."),
+    auto_distributed: bool = typer.Option(False, "--distributed-auto", help="Let JAX detect the cluster (TPU pod, SLURM, MPI)."),
+) -> None:
+    """Train stage by stage: each stage's shards checked against it, checkpoints with exact resume.
+
+    Re-running the same command after a crash or kill resumes from the latest checkpoint.
+    """
+    from lwmkit.config import load_config
+    from lwmkit.schemas import TrainConfig
+    from lwmkit.trainer.distributed import from_env, initialize
+
+    cfg = load_config(TrainConfig, config, overrides)
+    initialize(from_env(coordinator=coordinator, num_processes=num_processes, process_id=process_id, auto=auto_distributed))
+    if dry_run:
+        from lwmkit.progress import step
+        from lwmkit.trainer.stages import describe, plan_stages
+        from lwmkit.trainer.train import dry_run as compile_all
+
+        for line in describe(plan_stages(cfg)):
+            step(line)
+        for r in compile_all(cfg):
+            gib = r.get("peak_estimate_bytes", 0) / 2**30
+            step(
+                f"stage '{r['stage']}': compiled on {r['devices']} devices, {r['params']:,} params, "
+                f"~{gib:.3f} GiB per device (args {r.get('argument_size_in_bytes', 0) / 2**20:.1f} MiB, "
+                f"temp {r.get('temp_size_in_bytes', 0) / 2**20:.1f} MiB), {r['model_flops_per_step']:.3g} model FLOPs/step"
+            )
+            typer.echo(json.dumps(r, sort_keys=True))
+        return
+    from lwmkit.trainer.train import train as run
+
+    for result in run(cfg):
+        state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
+        typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

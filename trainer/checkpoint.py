@@ -1,0 +1,154 @@
+"""Checkpoints with orbax: params, optimizer state and a JSON record, per stage.
+
+Layout under ``checkpoint.dir``::
+
+    <stage>/steps/<step>/{params,opt_state,meta}   the last ``keep`` checkpoints (pruned)
+    <stage>/final/<steps>/{params,opt_state,meta}  the stage's final checkpoint (never pruned)
+
+Orbax writes each checkpoint into a temporary directory and renames it once complete, so a
+kill mid-save leaves the previous checkpoint intact. ``meta`` (JSON) records the step, the
+stage, the reader's position (the next step: batches are a pure function of it), the RNG
+key, the config, the code version and the lineage: every stage's manifest (path, sha256,
+tokenizer and VQGAN ids) that the weights were trained on, inherited along ``init_from``.
+
+Restoring takes an abstract tree (shapes, dtypes and shardings of the *current* mesh), so a
+checkpoint written on one mesh restores onto another: the sequence axis grows per stage.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("params", "opt_state", "meta")
+
+
+@functools.cache
+def code_version() -> str:
+    """``lwmkit <version>`` plus the git commit (and ``-dirty``) when run from a checkout."""
+    from lwmkit import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        return f"lwmkit {__version__} ({commit[:12]}{'-dirty' if dirty else ''})"
+    except (OSError, subprocess.SubprocessError):
+        return f"lwmkit {__version__}"
+
+
+def _manager(path: str, keep: int | None, async_save: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save
+    )
+    handlers = {
+        "params": ocp.StandardCheckpointHandler(),
+        "opt_state": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
+
+
+@dataclass
+class Restored:
+    params: Any
+    opt_state: Any | None
+    meta: dict[str, Any]
+
+
+class StageCheckpoints:
+    """The step and final checkpoints of one stage."""
+
+    def __init__(self, root: str, stage: str, *, keep: int, async_save: bool = True):
+        self.dir = f"{root.rstrip('/')}/{stage}"
+        self.steps = _manager(f"{self.dir}/steps", keep, async_save)
+        self.final = _manager(f"{self.dir}/final", 1, False)
+
+    def latest_step(self) -> int | None:
+        return self.steps.latest_step()
+
+    def is_final(self) -> bool:
+        return self.final.latest_step() is not None
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any], *, final: bool = False) -> None:
+        manager = self.final if final else self.steps
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        manager.save(step, args=args, force=True)
+        if final:
+            self.steps.wait_until_finished()
+            manager.wait_until_finished()
+
+    def restore(self, abstract_params: Any, abstract_opt: Any | None, *, final: bool = False, step: int | None = None) -> Restored:
+        manager = self.final if final else self.steps
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {manager.directory}")
+        return restore_from(manager, step, abstract_params, abstract_opt)
+
+    def read_meta(self, *, final: bool = False) -> dict[str, Any] | None:
+        manager = self.final if final else self.steps
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        self.steps.wait_until_finished()
+        self.final.wait_until_finished()
+
+    def close(self) -> None:
+        self.steps.close()
+        self.final.close()
+
+
+def restore_from(manager: ocp.CheckpointManager, step: int, abstract_params: Any, abstract_opt: Any | None) -> Restored:
+    items = {"params": ocp.args.StandardRestore(abstract_params), "meta": ocp.args.JsonRestore()}
+    if abstract_opt is not None:
+        items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
+    got = manager.restore(step, args=ocp.args.Composite(**items))
+    return Restored(got["params"], got.get("opt_state") if abstract_opt is not None else None, got["meta"])
+
+
+def open_checkpoint(path: str) -> tuple[ocp.CheckpointManager, int]:
+    """A checkpoint named by path: a stage folder (its final, else its latest step), a
+    ``final``/``steps`` folder (its latest step), or one step folder."""
+    p = path.rstrip("/")
+    candidates = [f"{p}/final", f"{p}/steps", p]
+    if os.path.basename(p).isdigit():
+        manager = _manager(os.path.dirname(p), None, False)
+        return manager, int(os.path.basename(p))
+    for c in candidates:
+        if not os.path.isdir(c) and "://" not in c:
+            continue
+        manager = _manager(c, None, False)
+        step = manager.latest_step()
+        if step is not None:
+            return manager, step
+    raise FileNotFoundError(f"no lwmkit checkpoint at {path} (expected <stage>/final/<step>/ or <stage>/steps/<step>/)")
+
+
+def params_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The stored params tree's shapes and dtypes (nothing is read but metadata)."""
+    tree = manager.item_metadata(step)["params"]
+    tree = getattr(tree, "tree", tree)
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

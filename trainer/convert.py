@@ -1,0 +1,226 @@
+"""Weights in and out: LWM (EasyLM streaming msgpack), LLaMA (Hugging Face and Meta names,
+safetensors), and the text -> vision step.
+
+* **LWM** checkpoints (``params::/path/streaming_params``) are a msgpack stream of
+  ``(key path, flax to_bytes(array))`` pairs with paths under ``params/`` in the same
+  EasyLM naming our model uses, so import is a rename-free load with shape checks.
+* **Hugging Face LLaMA** (``model.safetensors``): ``weight`` matrices are ``[out, in]``
+  (our kernels transposed) and ``q_proj``/``k_proj`` rows are permuted to HF's rotate-half
+  RoPE; we undo that permutation so the interleaved-pair RoPE sees the same pairs.
+* **Meta LLaMA** names (``tok_embeddings``, ``layers.N.attention.wq``...) as safetensors:
+  interleaved RoPE like ours, transposes only. (Meta's ``consolidated.pth`` is a pickle:
+  convert it to safetensors in a trusted environment first; lwmkit never unpickles.)
+* **Text -> vision**: a text-only checkpoint gains ``transformer/vte/embedding`` and
+  ``vision_head/kernel`` drawn from normal(0, init_std=0.02), as LWM's vision stages need
+  and its released trainer cannot do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lwmkit.schemas import ContractError, ModelConfig
+
+VISION_KEYS = ("transformer/vte/embedding", "vision_head/kernel")
+Tree = dict[str, Any]
+
+
+def flatten(tree: Tree, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        out.update(flatten(v, path) if isinstance(v, dict) else {path: v})
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> Tree:
+    tree: Tree = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def missing_vision(stored: Tree, want: Tree) -> list[str]:
+    """Vision parameter paths the model has and a stored tree lacks."""
+    have, need = flatten(stored), flatten(want)
+    return [k for k in VISION_KEYS if k in need and k not in have]
+
+
+def without_vision(tree: Tree) -> Tree:
+    return unflatten({k: v for k, v in flatten(tree).items() if k not in VISION_KEYS})
+
+
+def add_vision_params(params: Tree, model: ModelConfig, rng: jax.Array, *, shardings: Tree | None = None) -> Tree:
+    """Add fresh ``vte`` [vision_vocab, d] and ``vision_head`` [d, vision_vocab] ~ N(0, init_std)."""
+    if model.vision_vocab_size == 0:
+        raise ContractError("the model has no vision vocabulary (vision_vocab_size 0)", field="model.vision_vocab_size")
+    flat = dict(flatten(params))
+    k1, k2 = jax.random.split(rng)
+    shapes = {VISION_KEYS[0]: (model.vision_vocab_size, model.d_model), VISION_KEYS[1]: (model.d_model, model.vision_vocab_size)}
+    sh = flatten(shardings) if shardings is not None else {}
+    for key, k in zip(VISION_KEYS, (k1, k2)):
+        if key in flat:
+            raise ContractError(f"already has {key}", field=key)
+        fresh = model.init_std * jax.random.normal(k, shapes[key], jnp.float32)
+        flat[key] = jax.device_put(fresh, sh[key]) if key in sh else fresh
+    return unflatten(flat)
+
+
+def _check_shapes(params: Tree, model: ModelConfig, source: str) -> Tree:
+    from lwmkit.trainer.model import param_shapes
+
+    want = flatten(param_shapes(model))
+    got = flatten(params)
+    missing, extra = sorted(set(want) - set(got) - set(VISION_KEYS)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise ContractError(f"does not match the model (missing {missing[:3]}, unexpected {extra[:3]})", source=source)
+    for k, v in got.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise ContractError(f"shape {tuple(v.shape)} != model's {tuple(want[k].shape)}", field=k, source=source)
+    return params
+
+
+# ---------------------------------------------------------------- LWM / EasyLM streaming msgpack
+
+
+def load_lwm(path: str, model: ModelConfig) -> Tree:
+    """Params from an LWM/EasyLM ``streaming_params`` file (msgpack stream; no pickle)."""
+    import fsspec
+    import msgpack
+    from flax.serialization import msgpack_restore
+
+    flat = {}
+    with fsspec.open(path, "rb") as f:
+        for key, value in msgpack.Unpacker(f, read_size=1 << 24, max_buffer_size=0):
+            parts = [str(k) for k in key]
+            if parts and parts[0] == "params":
+                parts = parts[1:]
+            flat["/".join(parts)] = np.asarray(msgpack_restore(value), dtype=np.float32)
+    return _check_shapes(unflatten(flat), model, path)
+
+
+def save_lwm(params: Tree, path: str) -> None:
+    """Write params as an LWM/EasyLM ``streaming_params`` file (keys under ``params``)."""
+    import fsspec
+    import msgpack
+    from flax.serialization import to_bytes
+
+    packer = msgpack.Packer()
+    with fsspec.open(path, "wb") as f:
+        for key, value in flatten(params).items():
+            f.write(packer.pack((["params", *key.split("/")], to_bytes(np.asarray(value)))))
+
+
+# ---------------------------------------------------------------- LLaMA (HF and Meta names)
+
+_LAYER = {  # our suffix under transformer/h/{i}/ -> (hf name, meta name); all [in,out] <-> [out,in]
+    "attention/wq/kernel": ("self_attn.q_proj.weight", "attention.wq.weight"),
+    "attention/wk/kernel": ("self_attn.k_proj.weight", "attention.wk.weight"),
+    "attention/wv/kernel": ("self_attn.v_proj.weight", "attention.wv.weight"),
+    "attention/wo/kernel": ("self_attn.o_proj.weight", "attention.wo.weight"),
+    "feed_forward/w1/kernel": ("mlp.gate_proj.weight", "feed_forward.w1.weight"),
+    "feed_forward/w2/kernel": ("mlp.down_proj.weight", "feed_forward.w2.weight"),
+    "feed_forward/w3/kernel": ("mlp.up_proj.weight", "feed_forward.w3.weight"),
+    "attention_norm/kernel": ("input_layernorm.weight", "attention_norm.weight"),
+    "ffn_norm/kernel": ("post_attention_layernorm.weight", "ffn_norm.weight"),
+}
+_TOP = {
+    "transformer/wte/embedding": ("model.embed_tokens.weight", "tok_embeddings.weight"),
+    "transformer/ln_f/kernel": ("model.norm.weight", "norm.weight"),
+    "lm_head/kernel": ("lm_head.weight", "output.weight"),
+}
+Layout = Literal["hf", "meta"]
+
+
+def interleaved_to_rotate_half(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
+    """Reorder q/k projection rows from pairs (2i, 2i+1) to halves (i, i + hd/2) per head."""
+    out, inp = w_out_in.shape
+    return w_out_in.reshape(n_heads, out // n_heads // 2, 2, inp).transpose(0, 2, 1, 3).reshape(out, inp)
+
+
+def rotate_half_to_interleaved(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
+    out, inp = w_out_in.shape
+    return w_out_in.reshape(n_heads, 2, out // n_heads // 2, inp).transpose(0, 2, 1, 3).reshape(out, inp)
+
+
+def _names(model: ModelConfig, layout: Layout) -> dict[str, str]:
+    col = 0 if layout == "hf" else 1
+    names = {ours: pair[col] for ours, pair in _TOP.items()}
+    prefix = "model.layers" if layout == "hf" else "layers"
+    for i in range(model.n_layers):
+        for suffix, pair in _LAYER.items():
+            names[f"transformer/h/{i}/{suffix}"] = f"{prefix}.{i}.{pair[col]}"
+    return names
+
+
+def _heads_of(ours: str, model: ModelConfig) -> int | None:
+    if ours.endswith("attention/wq/kernel"):
+        return model.n_heads
+    if ours.endswith("attention/wk/kernel"):
+        return model.kv_heads
+    return None
+
+
+def to_llama(params: Tree, model: ModelConfig, layout: Layout = "hf") -> dict[str, np.ndarray]:
+    """Our (text) params as LLaMA tensors ``{name: [out, in] fp32}`` in HF or Meta naming."""
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    out = {}
+    for ours, theirs in _names(model, layout).items():
+        w = flat[ours]
+        if w.ndim == 2:
+            w = w.T  # [in, out] -> [out, in]; the embedding is [vocab, d] in both
+            if ours.endswith("embedding"):
+                w = w.T
+        heads = _heads_of(ours, model)
+        if heads and layout == "hf":
+            w = interleaved_to_rotate_half(w, heads)
+        out[theirs] = np.ascontiguousarray(w)
+    return out
+
+
+def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layout = "hf", *, source: str = "") -> Tree:
+    """Inverse of :func:`to_llama`: text params (no vision parameters) for ``model``."""
+    flat = {}
+    for ours, theirs in _names(model, layout).items():
+        if theirs not in tensors:
+            raise ContractError("tensor is missing", field=theirs, source=source)
+        w = np.asarray(tensors[theirs], np.float32)
+        heads = _heads_of(ours, model)
+        if heads and layout == "hf":
+            w = rotate_half_to_interleaved(w, heads)
+        if w.ndim == 2 and not ours.endswith("embedding"):
+            w = w.T
+        flat[ours] = w
+    params = unflatten(flat)
+    _check_shapes(params, model, source)
+    return params
+
+
+def load_llama(path: str, model: ModelConfig, layout: Layout = "hf") -> Tree:
+    """Text params from LLaMA safetensors files (one path, or a folder of ``*.safetensors``)."""
+    import glob
+    import os
+
+    from safetensors.numpy import load_file
+
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
+    if not files:
+        raise ContractError("no .safetensors files (pickled .pth/.bin files are refused)", source=path)
+    tensors: dict[str, np.ndarray] = {}
+    for f in files:
+        tensors.update(load_file(f))
+    return from_llama(tensors, model, layout, source=path)
+
+
+def save_llama(params: Tree, model: ModelConfig, path: str, layout: Layout = "hf") -> None:
+    from safetensors.numpy import save_file
+
+    save_file(to_llama(params, model, layout), path, metadata={"format": "pt", "converted_by": "lwmkit"})
