@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ex.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors: typer vendors its own click (typer._click), so match by interface.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
         raise
-
 
 if __name__ == "__main__":
     main()

@@ -48,3 +48,9 @@ def test_sample_data_is_idempotent(tmp_path, sample_dir):
     listed = json.loads((dest / "SAMPLES.json").read_text())
     assert {f["path"] for f in listed} >= {"videos/bigbuckbunny.mp4", "books/botchan.txt"}
     assert all(len(f["sha256"]) == 64 for f in listed)
+
+
+def test_usage_errors_are_one_line_not_a_traceback(tmp_path):
+    proc = run("validate", "a", "b", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unexpected extra argument" in proc.stderr
