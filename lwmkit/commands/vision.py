@@ -1,0 +1,53 @@
+"""``lwmkit vision``: the Beam job turning videos and images into VQGAN vision records.
+
+The flags are the job's ``VisionOptions`` (``lwmkit vision --help`` lists them) plus Beam's
+own, passed through untouched, so ``lwmkit vision ...`` and ``python -m
+lwmkit.pipelines.vision ...`` take exactly the same arguments.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from lwmkit.progress import error
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def vision(ctx: typer.Context) -> None:
+    """Decode videos/images, tokenize every frame with the VQGAN, write vision records (Parquet).
+
+    Example: lwmkit vision --inputs 'videos/*' --output out/ --fps 1 --preview 4
+    (lwmkit vision --help lists every flag.)
+    """
+    args = list(ctx.args)
+    if not args or "--help" in args or "-h" in args:
+        from lwmkit.pipelines.vision import help_text
+
+        typer.echo(help_text())
+        return
+    from lwmkit.pipelines.vision import run
+    from lwmkit.pipelines.vision_run import VisionJobFailed
+
+    try:
+        run(args)
+    except VisionJobFailed as err:
+        error(str(err))
+        raise typer.Exit(1) from None
+
+
+def preview(
+    output: str = typer.Argument(..., help="A vision job's output folder."),
+    n: int = typer.Option(4, "--n", help="Records to show (the first N by id)."),
+    vqgan: str = typer.Option(None, "--vqgan", help="VQGAN checkpoint (default: the shipped one)."),
+    dest: str = typer.Option(None, "--dest", help="PNG path (default OUTPUT/preview.png)."),
+) -> None:
+    """Write a PNG grid of original frames beside their VQGAN reconstructions."""
+    from lwmkit.pipelines.preview import write_preview
+
+    typer.echo(write_preview(output, n, checkpoint=vqgan, dest=dest))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("vision", context_settings=_PASS_THROUGH)(vision)
+    app.command("vision-preview")(preview)

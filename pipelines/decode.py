@@ -1,0 +1,409 @@
+"""Decode videos and images into 256×256 RGB frames, streamed: decord by default, ffmpeg as the alternative.
+
+A decode is two steps. :func:`plan_media` opens a file, reads its frame timestamps (not its
+pixels) and decides which frames go into which clip (:class:`MediaPlan`); :func:`iter_frames`
+then yields those frames one at a time, so a one-hour video is never held in memory. Both
+decoders choose frames with the same rule (:func:`select_frames`) from the same timestamps,
+so decord and ffmpeg give the same frames.
+
+Sampling rule at ``fps`` F: time is cut into buckets of 1/F seconds from the start of the range,
+and the first frame of each bucket is kept (no frame is duplicated to fill a gap, so variable
+frame rate input gives no repeated frames). ffmpeg runs the same rule in its ``select`` filter,
+so it scales only the frames that are kept. Videos are scaled by libswscale (bicubic) inside
+the decoder, then centre-cropped; images by Pillow (bicubic).
+
+Images are one-frame media (kind ``image``), recognised by their content, not their extension.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lwmkit.schemas.strict import require
+from lwmkit.tokenizers.vision_layout import sample_frames
+
+DECODERS = ("decord", "ffmpeg")
+_EPS = 1e-6  # keeps a frame exactly on a bucket boundary in the same bucket in Python and ffmpeg
+_CHUNK = 8  # frames decord fetches per call
+
+
+class DecodeError(Exception):
+    """A file that cannot be decoded; the class name says why (it lands in the dead letters)."""
+
+
+class UnreadableMedia(DecodeError):
+    """Neither an image nor a video stream any decoder can open."""
+
+
+class NoFrames(DecodeError):
+    """The file opens but holds no frames in the requested range (audio-only, empty, ...)."""
+
+
+class MediaTooLarge(DecodeError):
+    """Frame size or frame count beyond the configured limits."""
+
+
+class TruncatedMedia(DecodeError):
+    """The decoder produced fewer frames than the file's index promised."""
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """What frames a job takes from each input and how they are shaped.
+
+    Only these settings change the output; they are written into every record (``decode_settings``).
+    """
+
+    fps: float | None = 4.0
+    """Frames sampled per second of video (LWM: 4). None keeps every frame."""
+    max_frames: int | None = None
+    """At most this many frames per clip, chosen uniformly (``linspace``) when there are more."""
+    clip_seconds: float | None = None
+    """Split videos into clips of this many seconds (one record each). None: one clip per input."""
+    size: int = 256
+    """Resize so the shorter side has this many pixels (bicubic)."""
+    crop: int = 256
+    """Then centre-crop a square of this side."""
+    max_pixels: int = 8192 * 8192
+    """Larger source frames are refused (MediaTooLarge) instead of exhausting memory."""
+    max_source_frames: int = 10_000_000
+    """Videos whose index lists more frames are refused (a corrupt header can claim billions)."""
+
+    def __post_init__(self) -> None:
+        require(self.fps is None or self.fps > 0, "fps", "must be > 0 (or None for every frame)")
+        require(self.max_frames is None or self.max_frames >= 1, "max_frames", "must be >= 1")
+        require(self.clip_seconds is None or self.clip_seconds > 0, "clip_seconds", "must be > 0")
+        require(self.size >= 1, "size", "must be >= 1")
+        require(1 <= self.crop <= self.size, "crop", f"must be in [1, size={self.size}]")
+        require(self.max_pixels >= 1, "max_pixels", "must be >= 1")
+        require(self.max_source_frames >= 1, "max_source_frames", "must be >= 1")
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): the ``decode_settings`` of every record."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """One output record: a time range and the (presentation-order) frame indices in it."""
+
+    index: int
+    start_s: float
+    end_s: float
+    frames: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MediaPlan:
+    """What :func:`iter_frames` will produce for one file."""
+
+    path: str
+    kind: Literal["image", "video"]
+    decoder: str  # "decord" | "ffmpeg" | "pillow"
+    width: int
+    height: int
+    clips: tuple[ClipPlan, ...]
+    bucketed: tuple[int, ...] = ()  # frames the sampling rule keeps, before max_frames (ffmpeg's output)
+    t0: float = 0.0  # the stream's first timestamp (records count seconds from it)
+    range_start: float = 0.0  # absolute timestamps of the requested range
+    range_end: float = math.inf
+
+    @property
+    def n_frames(self) -> int:
+        return sum(len(c.frames) for c in self.clips)
+
+
+def select_frames(
+    timestamps: np.ndarray, cfg: DecodeConfig, start_s: float | None, end_s: float | None, video_end: float
+) -> tuple[np.ndarray, tuple[ClipPlan, ...]]:
+    """Which frames to keep, and how they split into clips.
+
+    Args:
+        timestamps: presentation times (s) of every frame, sorted, relative to the stream start.
+        start_s, end_s: the requested range (None: from the start / to the end).
+        video_end: end time of the last frame.
+    Returns:
+        ``(bucketed, clips)``: indices kept by the fps rule, and the clips (after ``max_frames``).
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    lo = 0.0 if start_s is None else float(start_s)
+    hi = video_end if end_s is None else min(float(end_s), video_end)
+    in_range = np.nonzero((ts >= lo - _EPS) & (ts < hi - _EPS))[0]
+    if cfg.fps is None:
+        bucketed = in_range
+    else:
+        buckets = np.floor((ts - lo) * cfg.fps + _EPS)
+        first = np.ones(len(ts), dtype=bool)
+        first[1:] = buckets[1:] > buckets[:-1]
+        bucketed = in_range[first[in_range]]
+    span = cfg.clip_seconds or max(hi - lo, 0.0) or 1.0
+    n_clips = max(1, math.ceil((hi - lo) / span - 1e-9))
+    clips = []
+    for j in range(n_clips):
+        c_lo, c_hi = lo + j * span, min(lo + (j + 1) * span, hi) if cfg.clip_seconds else hi
+        idx = bucketed[(ts[bucketed] >= c_lo - _EPS) & (ts[bucketed] < c_hi - _EPS)]
+        if not len(idx):
+            continue  # a gap in a variable-frame-rate stream: no record, not an error
+        if cfg.max_frames is not None and len(idx) > cfg.max_frames:
+            idx = idx[sample_frames(len(idx), cfg.max_frames)]
+        clips.append(
+            ClipPlan(len(clips), round(c_lo, 3), round(c_hi, 3), tuple(int(i) for i in idx))
+        )  # ms: ids agree across decoders
+    return bucketed, tuple(clips)
+
+
+def video_end(starts: np.ndarray, last_duration: float) -> float:
+    """End of the last frame (ms): its start plus the interval before it (the container's own frame
+    duration only for one-frame videos), so decord and ffmpeg agree on every clip range and id."""
+    if len(starts) > 1:
+        return round(float(starts[-1] + (starts[-1] - starts[-2])), 3)
+    return round(float(starts[-1] + max(last_duration, 0.0)), 3)
+
+
+def scaled_size(width: int, height: int, cfg: DecodeConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((scaled w, h), (crop left, top))``: shorter side to ``size``, then a centre crop."""
+    scale = cfg.size / min(width, height)
+    nw, nh = max(cfg.crop, round(width * scale)), max(cfg.crop, round(height * scale))
+    return (nw, nh), ((nw - cfg.crop) // 2, (nh - cfg.crop) // 2)
+
+
+def resize_crop(image: Image.Image, cfg: DecodeConfig) -> np.ndarray:
+    """RGB uint8 ``[crop, crop, 3]``: shorter side to ``size`` (bicubic), then a centre crop."""
+    image = image.convert("RGB")
+    (nw, nh), (left, top) = scaled_size(*image.size, cfg)
+    if (nw, nh) != image.size:
+        image = image.resize((nw, nh), Image.BICUBIC)
+    return np.asarray(image.crop((left, top, left + cfg.crop, top + cfg.crop)), dtype=np.uint8)
+
+
+def _check_size(width: int, height: int, cfg: DecodeConfig) -> None:
+    if width <= 0 or height <= 0:
+        raise UnreadableMedia(f"frame size {width}x{height} is not valid")
+    if width * height > cfg.max_pixels:
+        raise MediaTooLarge(f"frame size {width}x{height} exceeds max_pixels={cfg.max_pixels}")
+
+
+def _sniff_image(path: str) -> Image.Image | None:
+    """The file as a still image when Pillow recognises its content (animated images are videos)."""
+    try:
+        image = Image.open(path)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if getattr(image, "n_frames", 1) > 1:
+        image.close()
+        return None
+    return image
+
+
+def plan_media(
+    path: str,
+    cfg: DecodeConfig,
+    decoder: str = "decord",
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> MediaPlan:
+    """Open ``path`` (a local file) and plan its frames. Raises a :class:`DecodeError` subclass."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    image = _sniff_image(path)
+    if image is not None:
+        with image:
+            _check_size(*image.size, cfg)
+        return MediaPlan(
+            path, "image", "pillow", image.size[0], image.size[1], (ClipPlan(0, 0.0, 0.0, (0,)),)
+        )
+    if decoder == "decord":
+        return _plan_decord(path, cfg, start_s, end_s)
+    return _plan_ffmpeg(path, cfg, start_s, end_s)
+
+
+def iter_frames(plan: MediaPlan, cfg: DecodeConfig) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(clip_index, frame_in_clip, uint8 [crop, crop, 3])`` in order, one frame at a time."""
+    if plan.kind == "image":
+        with Image.open(plan.path) as image:
+            image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF
+            yield 0, 0, resize_crop(image, cfg)
+        return
+    slots = {f: (c.index, k) for c in plan.clips for k, f in enumerate(c.frames)}
+    # Both decoders scale inside libswscale (bicubic), on the kept frames only for ffmpeg:
+    # resizing full frames in Python would cost 3-4x the decode itself.
+    source = (
+        _decord_frames(plan, cfg, slots) if plan.decoder == "decord" else _ffmpeg_frames(plan, cfg, slots)
+    )
+    produced = 0
+    for frame_index, pixels in source:
+        clip, k = slots[frame_index]
+        yield clip, k, pixels
+        produced += 1
+    if produced < len(slots):
+        raise TruncatedMedia(f"decoded {produced} of {len(slots)} planned frames ({plan.decoder})")
+
+
+# ---------------------------------------------------------------- decord
+
+
+def _plan_decord(path: str, cfg: DecodeConfig, start_s: float | None, end_s: float | None) -> MediaPlan:
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+        n = len(reader)
+        if n == 0:
+            raise NoFrames("the video stream has no frames")
+        if n > cfg.max_source_frames:
+            raise MediaTooLarge(f"{n} frames exceed max_source_frames={cfg.max_source_frames}")
+        height, width = reader[0].shape[:2]
+        ts = reader.get_frame_timestamp(np.arange(n))
+    except DecodeError:
+        raise
+    except Exception as err:  # decord raises DECORDError / RuntimeError for input it cannot read
+        raise UnreadableMedia(f"decord cannot open it: {_decord_message(err)}") from None
+    _check_size(width, height, cfg)
+    t0 = float(ts[0, 0])
+    starts = ts[:, 0] - t0
+    bucketed, clips = select_frames(
+        starts, cfg, start_s, end_s, video_end(starts, float(ts[-1, 1] - ts[-1, 0]))
+    )
+    del reader
+    if not clips:
+        raise NoFrames(f"no frames in the range [{start_s}, {end_s}) s")
+    return MediaPlan(
+        path, "video", "decord", int(width), int(height), clips, tuple(int(i) for i in bucketed), t0
+    )
+
+
+def clean_message(line: str) -> str:
+    """A decoder's message without what changes between runs (times, addresses, source lines),
+    so that the dead letters of the same file are the same bytes on every run."""
+    line = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", line.strip())  # decord: "[04:30:05] file.cc:151: "
+    return re.sub(r" @ 0x[0-9a-f]+", "", line)[:300]  # ffmpeg: "[mov,mp4 @ 0x5564bf83d900]"
+
+
+def _decord_message(err: Exception) -> str:
+    return clean_message((str(err).strip().splitlines() or ["?"])[0])
+
+
+def _decord_frames(
+    plan: MediaPlan, cfg: DecodeConfig, slots: dict[int, tuple[int, int]]
+) -> Iterator[tuple[int, np.ndarray]]:
+    import decord
+
+    (nw, nh), (left, top) = scaled_size(plan.width, plan.height, cfg)
+    reader = decord.VideoReader(plan.path, width=nw, height=nh, num_threads=1)
+    wanted = sorted(slots)
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i : i + _CHUNK]
+        batch = reader.get_batch(chunk).asnumpy()
+        for frame_index, pixels in zip(chunk, batch, strict=True):
+            yield frame_index, np.ascontiguousarray(pixels[top : top + cfg.crop, left : left + cfg.crop])
+
+
+# ---------------------------------------------------------------- ffmpeg
+
+
+def _probe_ffmpeg(path: str) -> tuple[int, int, np.ndarray, float]:
+    """Width, height, sorted absolute packet timestamps and the end time of the first video stream."""
+    import ffmpeg
+
+    try:
+        info = ffmpeg.probe(path, select_streams="v:0")
+    except ffmpeg.Error as err:
+        msg = (err.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        raise UnreadableMedia(f"ffprobe cannot open it: {clean_message((msg or ['?'])[-1])}") from None
+    streams = info.get("streams") or []
+    if not streams:
+        raise NoFrames("no video stream (audio-only or not a video)")
+    width, height = int(streams[0].get("width") or 0), int(streams[0].get("height") or 0)
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", path]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if "partial file" in proc.stderr or "moov atom not found" in proc.stderr:
+        raise TruncatedMedia(f"the file ends early: {clean_message(proc.stderr.strip().splitlines()[-1])}")
+    times, ends = [], []
+    for line in proc.stdout.splitlines():
+        parts = (line.split(",") + ["", "", ""])[:3]
+        t = parts[0] if parts[0] not in ("", "N/A") else parts[1]
+        if t in ("", "N/A"):
+            continue
+        times.append(float(t))
+        dur = float(parts[2]) if parts[2] not in ("", "N/A") else 0.0
+        ends.append(float(t) + dur)
+    if not times:
+        raise NoFrames("the video stream has no frames")
+    declared = int(streams[0].get("nb_frames") or 0)
+    if declared and len(times) < declared:
+        raise TruncatedMedia(f"the index lists {declared} frames but only {len(times)} are in the file")
+    return width, height, np.sort(np.asarray(times)), max(ends)
+
+
+def _plan_ffmpeg(path: str, cfg: DecodeConfig, start_s: float | None, end_s: float | None) -> MediaPlan:
+    width, height, ts, end = _probe_ffmpeg(path)
+    if len(ts) > cfg.max_source_frames:
+        raise MediaTooLarge(f"{len(ts)} frames exceed max_source_frames={cfg.max_source_frames}")
+    _check_size(width, height, cfg)
+    t0 = float(ts[0])
+    bucketed, clips = select_frames(ts - t0, cfg, start_s, end_s, video_end(ts - t0, end - ts[-1]))
+    if not clips:
+        raise NoFrames(f"no frames in the range [{start_s}, {end_s}) s")
+    lo = t0 + (start_s or 0.0)
+    hi = t0 + end_s if end_s is not None else math.inf
+    plan = MediaPlan(path, "video", "ffmpeg", width, height, clips, tuple(int(i) for i in bucketed), t0)
+    return replace(plan, range_start=lo, range_end=hi)
+
+
+def _select_expr(plan: MediaPlan, cfg: DecodeConfig) -> str:
+    """ffmpeg's ``select`` expression for the rule of :func:`select_frames` (absolute times)."""
+    lo = f"{plan.range_start:.9f}"
+    cond = [f"gte(t,{lo}-{_EPS})"]
+    if math.isfinite(plan.range_end):
+        cond.append(f"lt(t,{plan.range_end:.9f}-{_EPS})")
+    if cfg.fps is not None:
+        bucket = "floor(({x}-" + lo + f")*{cfg.fps!r}+{_EPS})"
+        first = f"gt({bucket.format(x='t')},{bucket.format(x='prev_t')})"
+        cond.append(f"gt(eq(n,0)+{first},0)")
+    return "*".join(cond)
+
+
+def _ffmpeg_frames(
+    plan: MediaPlan, cfg: DecodeConfig, slots: dict[int, tuple[int, int]]
+) -> Iterator[tuple[int, np.ndarray]]:
+    import ffmpeg
+
+    # -copyts keeps the file's own timestamps, so the select rule sees what ffprobe saw.
+    stream = ffmpeg.input(plan.path, copyts=None, noautorotate=None)
+    (nw, nh), (left, top) = scaled_size(plan.width, plan.height, cfg)
+    vf = f"select='{_select_expr(plan, cfg)}',scale={nw}:{nh}:flags=bicubic,crop={cfg.crop}:{cfg.crop}:{left}:{top}"
+    stream = stream.output(
+        "pipe:", map="0:v:0", vf=vf, fps_mode="passthrough", format="rawvideo", pix_fmt="rgb24"
+    )
+    args = ["ffmpeg", "-nostdin", "-v", "error", *stream.compile()[1:]]
+    frame_bytes = cfg.crop * cfg.crop * 3
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            for count, frame_index in enumerate(plan.bucketed):
+                buf = proc.stdout.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    proc.wait()
+                    errors.seek(0)
+                    tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error"]
+                    raise TruncatedMedia(
+                        f"ffmpeg stopped after {count} of {len(plan.bucketed)} frames: {clean_message(tail[0])}"
+                    )
+                if frame_index in slots:
+                    pixels = np.frombuffer(buf, dtype=np.uint8).reshape(cfg.crop, cfg.crop, 3)
+                    yield frame_index, pixels
+        finally:
+            proc.stdout.close()
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,90 @@
+"""Look at what a vision job made: a PNG grid of original frames beside their VQGAN reconstructions.
+
+One row per record (the first N by id): up to ``frames`` frames spread over the record, each
+shown as the frame decoded again from its source (with the record's own decode settings) and
+the VQGAN's reconstruction from the record's codes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, ImageDraw
+
+from lwmkit.pipelines.dead_letters import write_atomic
+from lwmkit.pipelines.decode import DecodeConfig
+from lwmkit.pipelines.decode_worker import decode_local
+from lwmkit.pipelines.vision_output import record_files
+from lwmkit.pipelines.vision_steps import localise
+from lwmkit.tokenizers.vision_layout import sample_frames
+
+_LABEL = 14  # pixels of caption strip under each row
+
+
+def first_records(output: str, n: int) -> list[dict]:
+    """The first ``n`` records of an output, by id."""
+    rows: list[dict] = []
+    for path in record_files(output):
+        with FileSystems.open(path) as f:
+            rows += pq.read_table(io.BytesIO(f.read())).to_pylist()
+    return sorted(rows, key=lambda r: r["id"])[:n]
+
+
+def original_frames(record: dict, picks: np.ndarray) -> list[np.ndarray | None]:
+    """The record's frames ``picks`` decoded again from its uri (None where that fails)."""
+    cfg = DecodeConfig(**json.loads(record["decode_settings"]))
+    cfg = DecodeConfig(**{**cfg.__dict__, "clip_seconds": None, "max_frames": None})
+    start = None if record["kind"] == "image" else record["start_s"]
+    end = None if record["kind"] == "image" else record["end_s"]
+    frames: list[np.ndarray] = []
+    try:
+        path, _ = localise(record["uri"])
+        events = decode_local(path, cfg, "decord", True, start, end)
+        next(events)
+        frames = [f for _, _, f in events]
+    except Exception:
+        frames = []
+    n = record["n_frames"]
+    if len(frames) > n:  # the record was capped by max_frames: same linspace choice
+        frames = [frames[i] for i in sample_frames(len(frames), n)]
+    return [frames[i] if i < len(frames) else None for i in picks]
+
+
+def write_preview(
+    output: str, n: int, checkpoint: str | None = None, dest: str | None = None, frames: int = 4
+) -> str:
+    """Write the grid PNG (default ``OUTPUT/preview.png``); returns its path."""
+    from lwmkit.tokenizers import vqgan
+
+    records = first_records(output, n)
+    if not records:
+        raise FileNotFoundError(f"no vision records under {output}")
+    model = vqgan.load(checkpoint)
+    side = model.config.resolution
+    rows = []
+    for record in records:
+        codes = np.asarray(record["tokens"], dtype=np.int32).reshape(record["n_frames"], -1)
+        picks = sample_frames(record["n_frames"], frames)
+        recon = model.decode(codes[picks])
+        originals = original_frames(record, picks)
+        row = Image.new("RGB", (2 * frames * side, side + _LABEL), "white")
+        for j, (orig, rec) in enumerate(zip(originals, recon, strict=True)):
+            if orig is not None:
+                row.paste(Image.fromarray(orig), (2 * j * side, 0))
+            row.paste(Image.fromarray(rec), ((2 * j + 1) * side, 0))
+        label = f"{os.path.basename(record['uri'])} [{record['start_s']:.1f}-{record['end_s']:.1f}s] frames {list(map(int, picks))}"
+        ImageDraw.Draw(row).text((4, side + 1), label + "   (original | VQGAN reconstruction)", fill="black")
+        rows.append(row)
+    grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
+    for i, row in enumerate(rows):
+        grid.paste(row, (0, i * row.height))
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    dest = dest or FileSystems.join(output, "preview.png")
+    write_atomic(dest, buf.getvalue())
+    return dest

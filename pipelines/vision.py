@@ -1,0 +1,336 @@
+"""The vision job: videos and images -> vision records of 256 VQGAN codes per frame (Apache Beam).
+
+    ReadInputs | Decode | Tokenize | AssembleRecords | WriteRecords      (+ WriteDeadLetters)
+
+Run it as ``lwmkit vision --inputs 'videos/*' --output out/`` or ``python -m
+lwmkit.pipelines.vision ...``; Beam's own flags pass through (``--runner``,
+``--direct_num_workers=2 --direct_running_mode=multi_processing``, Dataflow/Flink/Spark flags).
+Inputs are a glob, a folder or a manifest (:mod:`lwmkit.pipelines.inputs`); outputs and resume
+rules are in :mod:`lwmkit.pipelines.vision_output`. A bad input never stops the job: it lands
+in ``dead_letters/vision.jsonl``; the job fails (exit 1) only when the share of failed inputs
+passes ``--max_failure_ratio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from lwmkit.pipelines.decode import DECODERS, DecodeConfig
+from lwmkit.pipelines.vision_steps import (
+    CLIPS,
+    DEAD,
+    FRAMES,
+    ROWS,
+    AssembleRecords,
+    DecodeMedia,
+    DecodeOptions,
+    TokenizeFrames,
+)
+from lwmkit.schemas.strict import require
+
+JOB = "vision"
+
+
+def _add(parser: Any, *names: str, **kwargs: Any) -> None:
+    # Beam puts every imported job's flags in one parser: a flag another job already defines
+    # (e.g. --output) is shared rather than re-added, which argparse would reject.
+    if not any(n in parser._option_string_actions for n in names):
+        parser.add_argument(*names, **kwargs)
+
+
+class VisionOptions(PipelineOptions):
+    """Flags of the vision job (``--flag_name`` or ``--flag-name``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _add(
+            parser,
+            "--inputs",
+            help="Glob, folder, or manifest (.csv/.jsonl/.parquet: uri, caption, start_s, end_s).",
+        )
+        _add(parser, "--output", help="Output folder (local, gs://, s3://).")
+        _add(
+            parser,
+            "--source_name",
+            "--source-name",
+            dest="source_name",
+            default=None,
+            help="Source name in every record (default: vision).",
+        )
+        _add(
+            parser,
+            "--fps",
+            type=float,
+            default=None,
+            help="Frames sampled per second (default 4, LWM's; 0 = every frame).",
+        )
+        _add(
+            parser,
+            "--max_frames",
+            "--max-frames",
+            dest="max_frames",
+            type=int,
+            default=None,
+            help="Most frames per clip, chosen uniformly.",
+        )
+        _add(
+            parser,
+            "--clip_seconds",
+            "--clip-seconds",
+            dest="clip_seconds",
+            type=float,
+            default=None,
+            help="Split videos into clips of this length.",
+        )
+        _add(
+            parser,
+            "--frame_size",
+            "--frame-size",
+            dest="frame_size",
+            type=int,
+            default=256,
+            help="Shorter side after resize (bicubic).",
+        )
+        _add(
+            parser,
+            "--crop",
+            type=int,
+            default=256,
+            help="Centre crop side (must equal the VQGAN's resolution).",
+        )
+        _add(
+            parser,
+            "--max_pixels",
+            "--max-pixels",
+            dest="max_pixels",
+            type=int,
+            default=DecodeConfig.max_pixels,
+            help="Refuse (dead-letter) sources with larger frames.",
+        )
+        _add(
+            parser,
+            "--decoder",
+            choices=DECODERS,
+            default="decord",
+            help="Video decoder (ffmpeg is also the automatic fallback).",
+        )
+        _add(
+            parser,
+            "--no_fallback",
+            "--no-fallback",
+            dest="no_fallback",
+            action="store_true",
+            help="Do not retry with ffmpeg when decord cannot open a file.",
+        )
+        _add(
+            parser,
+            "--decode_timeout_s",
+            "--decode-timeout-s",
+            dest="decode_timeout_s",
+            type=float,
+            default=60.0,
+            help="Kill a decoder that makes no progress for this long.",
+        )
+        _add(
+            parser,
+            "--file_timeout_s",
+            "--file-timeout-s",
+            dest="file_timeout_s",
+            type=float,
+            default=3600.0,
+            help="Most decoder seconds per file.",
+        )
+        _add(
+            parser,
+            "--no_isolation",
+            "--no-isolation",
+            dest="no_isolation",
+            action="store_true",
+            help="Decode in the worker process (faster start, no crash isolation).",
+        )
+        _add(parser, "--vqgan", default=None, help="VQGAN checkpoint (default: the shipped one).")
+        _add(
+            parser,
+            "--vqgan_batch",
+            "--vqgan-batch",
+            dest="vqgan_batch",
+            type=int,
+            default=8,
+            help="Frames per VQGAN call (one compiled shape).",
+        )
+        _add(
+            parser,
+            "--vqgan_dtype",
+            "--vqgan-dtype",
+            dest="vqgan_dtype",
+            choices=("float32", "bfloat16"),
+            default="float32",
+            help="VQGAN compute dtype.",
+        )
+        _add(
+            parser,
+            "--record_shards",
+            "--record-shards",
+            dest="record_shards",
+            type=int,
+            default=16,
+            help="Parquet shards (fixed per output).",
+        )
+        _add(
+            parser,
+            "--max_failure_ratio",
+            "--max-failure-ratio",
+            dest="max_failure_ratio",
+            type=float,
+            default=0.1,
+            help="Exit 1 when more inputs fail.",
+        )
+        _add(
+            parser,
+            "--retry_dead_letters",
+            "--retry-dead-letters",
+            dest="retry_dead_letters",
+            action="store_true",
+            help="Reprocess only the inputs an earlier run dead-lettered.",
+        )
+        _add(parser, "--preview", type=int, default=0, help="Write OUTPUT/preview.png: originals beside reconstructions for N records.")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VisionJobConfig:
+    """One run of the vision job, validated before anything is read."""
+
+    inputs: str | None
+    output: str
+    source: str = "vision"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decoding: DecodeOptions = field(default_factory=DecodeOptions)
+    vqgan: str | None = None
+    vqgan_batch: int = 8
+    vqgan_dtype: str = "float32"
+    num_shards: int = 16
+    max_failure_ratio: float = 0.1
+    retry_dead_letters: bool = False
+    preview: int = 0
+    per_frame: bool = False  # encode frame by frame (set for runners that lose finish_bundle output)
+
+    def __post_init__(self) -> None:
+        require(bool(self.output), "output", "is required (--output)")
+        require(
+            bool(self.inputs) or self.retry_dead_letters,
+            "inputs",
+            "is required (--inputs) unless --retry_dead_letters",
+        )
+        require(bool(self.source), "source", "must not be empty")
+        require(self.vqgan_batch >= 1, "vqgan_batch", "must be >= 1")
+        require(1 <= self.num_shards <= 99999, "num_shards", "must be in [1, 99999]")
+        require(0.0 <= self.max_failure_ratio <= 1.0, "max_failure_ratio", "must be in [0, 1]")
+        require(self.preview >= 0, "preview", "must be >= 0")
+        require(
+            self.decoding.timeout_s > 0 and self.decoding.file_timeout_s > 0,
+            "decode_timeout_s",
+            "must be > 0",
+        )
+
+
+def config_from_options(o: VisionOptions) -> VisionJobConfig:
+    fps = 4.0 if o.fps is None else (None if o.fps == 0 else o.fps)
+    decode = DecodeConfig(
+        fps=fps, max_frames=o.max_frames, clip_seconds=o.clip_seconds, size=o.frame_size, crop=o.crop
+    )
+    decoding = DecodeOptions(
+        o.decoder, not o.no_fallback, not o.no_isolation, o.decode_timeout_s, o.file_timeout_s
+    )
+    return VisionJobConfig(o.inputs, (o.output or "").rstrip("/"), o.source_name or "vision", decode, decoding, o.vqgan,
+                           o.vqgan_batch, o.vqgan_dtype, o.record_shards, o.max_failure_ratio,
+                           o.retry_dead_letters, o.preview)  # fmt: skip
+
+
+def build(p: beam.Pipeline, job: VisionJobConfig, keys: Sequence[str], tokenizer_id: str) -> None:
+    """The job's graph over the input ``keys`` (:attr:`MediaInput.key`) still to do."""
+    from lwmkit.pipelines.dead_letters import WriteDeadLetters
+    from lwmkit.pipelines.inputs import MediaInput
+    from lwmkit.pipelines.vision_output import WriteRecords
+
+    decoded = (
+        p
+        | "ReadInputs" >> beam.Create(list(keys))
+        | "SpreadInputs" >> beam.Reshuffle()
+        | "Decode" >> DecodeMedia(job.decode, job.decoding, job.num_shards)
+    )
+    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(
+        job.vqgan, job.vqgan_batch, job.vqgan_dtype, job.per_frame
+    )
+    records = {"codes": codes, CLIPS: decoded[CLIPS]} | "AssembleRecords" >> AssembleRecords(
+        job.source, tokenizer_id, job.decode.to_json()
+    )
+    shards = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
+    retried = {MediaInput.from_key(k).uri for k in keys}
+    letters = (
+        (decoded[DEAD], records[DEAD])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters" >> WriteDeadLetters(job.output, JOB, replace_uris=retried)
+    )
+    # One final step depending on both writers: Beam 2.77's Dask runner computes only the
+    # graph's last transform (and what it depends on).
+    _ = (shards, letters) | "AllWritten" >> beam.Flatten() | "Done" >> beam.combiners.Count.Globally()
+
+
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Run the job; returns a :class:`~lwmkit.pipelines.vision_run.VisionSummary`.
+
+    Raises ContractError for bad flags or inputs, VisionJobFailed past ``max_failure_ratio``.
+    """
+    from lwmkit.pipelines.vision_run import execute
+
+    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    job = config_from_options(options.view_as(VisionOptions))
+    runner = options.view_as(StandardOptions).runner
+    if (
+        "dask"
+        in str(
+            getattr(runner, "__name__", type(runner).__name__) if not isinstance(runner, str) else runner
+        ).lower()
+    ):
+        job = dataclasses.replace(job, per_frame=True)
+    FileSystems.set_options(options)  # bucket credentials/endpoints for the driver's own reads
+    return execute(job, options, build)
+
+
+def help_text(prog: str = "lwmkit vision") -> str:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], add_help=False)
+    VisionOptions._add_argparse_args(parser)
+    return parser.format_help() + "\nBeam's own flags (--runner, --direct_num_workers, ...) pass through.\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m lwmkit.pipelines.vision``: exit 2 on a contract error, 1 when the job fails."""
+    from lwmkit.pipelines.vision_run import VisionJobFailed
+    from lwmkit.progress import error
+    from lwmkit.schemas.errors import ContractError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text("python -m lwmkit.pipelines.vision"))
+        return
+    try:
+        run(argv)
+    except ContractError as err:
+        error(str(err))
+        sys.exit(2)
+    except VisionJobFailed as err:
+        error(str(err))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Vision job inputs (glob, folder, CSV/JSONL/Parquet manifests) and the shared dead-letter writer."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lwmkit.pipelines.dead_letters import (
+    WriteDeadLetters,
+    dead_letter_path,
+    letter,
+    merge_letters,
+    read_existing,
+)
+from lwmkit.pipelines.inputs import MediaInput, read_inputs
+from lwmkit.schemas.dead_letters import DeadLetter
+from lwmkit.schemas.errors import ContractError
+
+
+def test_glob_and_folder_list_files_sorted_and_absolute(tmp_path, monkeypatch):
+    for name in ("b.mp4", "a.png", ".hidden.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    by_glob = [i.uri for i in read_inputs("*")]
+    by_folder = [i.uri for i in read_inputs(str(tmp_path))]
+    assert by_glob == by_folder == [str(tmp_path / "a.png"), str(tmp_path / "b.mp4")]
+    assert [i.uri for i in read_inputs("b.mp4")] == [str(tmp_path / "b.mp4")]
+    with pytest.raises(ContractError, match="matches no files"):
+        read_inputs(str(tmp_path / "*.mkv"))
+    with pytest.raises(ContractError, match="no such file"):
+        read_inputs(str(tmp_path / "missing.mp4"))
+
+
+def test_csv_jsonl_and_parquet_manifests_agree(tmp_path):
+    rows = [{"uri": "v/a.mp4", "caption": "a cat", "start_s": 1.5, "end_s": 4.0},
+            {"uri": "/abs/b.png", "caption": None, "start_s": None, "end_s": None}]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "m.csv").write_text('uri,caption,start_s,end_s\nv/a.mp4,"a cat",1.5,4.0\n/abs/b.png,,,\n')
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    expected = sorted(
+        [MediaInput(str(tmp_path / "v" / "a.mp4"), "a cat", 1.5, 4.0), MediaInput("/abs/b.png")],
+        key=lambda i: i.key,
+    )
+    for name in ("m.jsonl", "m.csv", "m.parquet"):
+        assert read_inputs(str(tmp_path / name)) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"caption": "no uri"}\n', "uri"),
+        ('{"uri": "a.mp4", "start_s": 5, "end_s": 2}\n', "end_s"),
+        ('{"uri": "a.mp4", "start_s": -1}\n', "start_s"),
+        ('{"uri": "a.mp4", "fps": 3}\n', "fps"),
+        ("not json\n", "JSON"),
+        ("", "lists no inputs"),
+    ],
+)
+def test_bad_manifests_fail_fast_naming_row_and_field(tmp_path, text, match):
+    path = tmp_path / "m.jsonl"
+    path.write_text(text)
+    with pytest.raises(ContractError, match=match):
+        read_inputs(str(path))
+
+
+def test_input_keys_and_buckets_are_stable():
+    item = MediaInput("s3://b/x.mp4", "cap", 1.0, 2.0)
+    assert MediaInput.from_key(item.key) == item
+    assert item.bucket(16) == MediaInput("s3://b/x.mp4", "cap", 1.0, 2.0).bucket(16)
+    assert 0 <= item.bucket(7) < 7
+
+
+def test_merge_letters_is_sorted_deduplicated_and_replaces_retried_uris():
+    old = [DeadLetter("a", "decode", "E", "old", "vision"), DeadLetter("b", "decode", "E", "kept", "vision")]
+    new = [
+        letter("a", "decode", "vision", ValueError("again")),
+        letter("c", "read", "vision", OSError("gone")),
+    ]
+    text = merge_letters(old, new + new, frozenset({"a"})).decode()
+    lines = [DeadLetter.from_json(line) for line in text.splitlines()]
+    assert [(d.uri, d.message) for d in lines] == [("a", "again"), ("b", "kept"), ("c", "gone")]
+    assert merge_letters(old, new, frozenset({"a"})) == merge_letters(
+        list(reversed(old)), list(reversed(new)), frozenset({"a"})
+    )
+
+
+def test_write_dead_letters_transform(tmp_path):
+    out = str(tmp_path / "job")
+    for batch in (["x", "y"], []):  # a second run with no failures keeps the first run's letters
+        with beam.Pipeline() as p:
+            _ = (
+                p
+                | beam.Create([letter(u, "decode", "demo", RuntimeError(u)) for u in batch])
+                | WriteDeadLetters(out, "demo")
+            )
+        assert [d.uri for d in read_existing(dead_letter_path(out, "demo"))] == ["x", "y"]
+    with beam.Pipeline() as p:
+        _ = (
+            p
+            | beam.Create([], reshuffle=False).with_output_types(str)
+            | WriteDeadLetters(out, "demo", replace_uris=["x"])
+        )
+    assert [d.uri for d in read_existing(dead_letter_path(out, "demo"))] == ["y"]

@@ -1,0 +1,196 @@
+"""Training a VQGAN from frames: reconstruction + codebook + commitment losses, usage tracking
+and dead-code restarts. Used to make the shipped default (``lwmkit vqgan train``).
+
+Losses (VQ-VAE, van den Oord et al. 2017; no perceptual/GAN terms, which would need
+downloaded weights): ``|x - x^|_1 + |x - x^|_2^2 + |sg(z) - e|^2 + beta |z - sg(e)|^2``.
+
+Dead codes: every ``restart_every`` steps, codebook rows no latent chose in that window are
+moved onto randomly picked encoder latents of the current batch (plus a little noise), the
+standard remedy for codebook collapse (Dhariwal et al. 2020, Jukebox). The first batch also
+seeds the whole codebook this way, so codes start where the latents are.
+
+The model is fully convolutional, so it trains on random ``crop`` x ``crop`` patches (4x
+cheaper at 128 than at 256) and encodes full 256 x 256 frames afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lwmkit.progress import step as log_step
+from lwmkit.tokenizers.vqgan import VQGANConfig, VQGANModel, init_params, small_config, to_pixels
+from lwmkit.tokenizers.vqgan_checkpoint import Checkpoint, write_checkpoint
+from lwmkit.tokenizers.vqgan_quality import codebook_usage
+
+
+@dataclass(frozen=True)
+class VQGANTrainConfig:
+    """How to train; ``model`` is the architecture (default: :func:`small_config`)."""
+
+    model: VQGANConfig = field(default_factory=small_config)
+    steps: int = 2000
+    batch_size: int = 16
+    crop: int = 128  # training patch side; a multiple of 2**(levels-1)
+    learning_rate: float = 1e-3  # peak; linear warmup then cosine to 10%
+    warmup_steps: int = 50
+    restart_every: int = 25  # dead-code restart interval, steps (0 = never)
+    log_every: int = 25
+    seed: int = 0
+    time_budget_s: float = 0.0  # stop early after this much wall-clock time (0 = no limit)
+    cpu_budget_s: float = 0.0  # ...or after this much CPU time of this process (fair on a shared machine)
+    store_dtype: str = "float16"  # checkpoint storage: float16 halves the shipped file
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "crop", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VQGANTrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.crop % 2 ** (len(self.model.channel_mult) - 1) or self.crop > self.model.resolution:
+            raise ValueError(f"VQGANTrainConfig.crop {self.crop} must divide into the model's levels and be "
+                             f"<= resolution {self.model.resolution}")  # fmt: skip
+        if (
+            self.learning_rate <= 0
+            or self.warmup_steps < 0
+            or self.restart_every < 0
+            or min(self.time_budget_s, self.cpu_budget_s) < 0
+        ):
+            raise ValueError("VQGANTrainConfig: need learning_rate > 0 and warmup_steps, restart_every, "
+                             "time_budget_s, cpu_budget_s >= 0")  # fmt: skip
+        if self.store_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"VQGANTrainConfig.store_dtype must be float32 or float16, got {self.store_dtype!r}"
+            )
+
+
+def _losses(model: VQGANModel, params: dict, batch: jax.Array, beta: float):
+    x = to_pixels(batch)
+    recon, z, codes = model.apply({"params": params}, x)
+    e = jnp.take(params["quantize"]["embeddings"], codes, axis=0)
+    l1 = jnp.mean(jnp.abs(recon - x))
+    mse = jnp.mean((recon - x) ** 2)
+    codebook = jnp.mean((jax.lax.stop_gradient(z) - e) ** 2)
+    commit = jnp.mean((z - jax.lax.stop_gradient(e)) ** 2)
+    total = l1 + mse + codebook + beta * commit
+    return total, {
+        "loss": total,
+        "l1": l1,
+        "mse": mse,
+        "codebook": codebook,
+        "commit": commit,
+        "codes": codes,
+        "z": z,
+    }
+
+
+def make_step(model: VQGANModel, optimizer: optax.GradientTransformation, beta: float):
+    """One jitted update: (params, opt_state, uint8 batch) -> (params, opt_state, metrics)."""
+
+    def step(params, opt_state, batch):
+        grads, metrics = jax.grad(lambda p: _losses(model, p, batch, beta), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def restart_dead_codes(params: dict, usage: np.ndarray, latents: np.ndarray, rng: np.random.Generator,
+                       noise: float = 0.01) -> tuple[dict, int]:  # fmt: skip
+    """Move every codebook row with ``usage == 0`` onto a random latent (+ noise). Returns (params, n moved)."""
+    dead = np.flatnonzero(usage == 0)
+    if dead.size == 0:
+        return params, 0
+    flat = latents.reshape(-1, latents.shape[-1])
+    picks = flat[rng.integers(0, flat.shape[0], dead.size)]
+    scale = noise * (flat.std() + 1e-6)
+    table = np.array(params["quantize"]["embeddings"])
+    table[dead] = picks + scale * rng.standard_normal(picks.shape).astype(np.float32)
+    params = {**params, "quantize": {**params["quantize"], "embeddings": jnp.asarray(table)}}
+    return params, int(dead.size)
+
+
+def random_crops(pool: Sequence[np.ndarray], n: int, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random ``crop``-square patches (random frame, position, horizontal flip) -> uint8 [n, crop, crop, 3]."""
+    out = np.empty((n, crop, crop, 3), np.uint8)
+    for i in range(n):
+        frame = pool[rng.integers(len(pool))]
+        y = rng.integers(frame.shape[0] - crop + 1)
+        x = rng.integers(frame.shape[1] - crop + 1)
+        patch = frame[y : y + crop, x : x + crop]
+        out[i] = patch[:, ::-1] if rng.random() < 0.5 else patch
+    return out
+
+
+def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | None = None,
+          meta: dict | None = None) -> Checkpoint:  # fmt: skip
+    """Train on ``pool`` (uint8 frames [H, W, 3], each side >= crop) and write the checkpoint to ``out``.
+
+    Returns the checkpoint (params as stored). Logs one line every ``log_every`` steps.
+    """
+    too_small = [f.shape for f in pool if min(f.shape[:2]) < cfg.crop]
+    if not pool or too_small:
+        raise ValueError(
+            f"training needs frames at least {cfg.crop} px on each side (got {too_small[:3]} of {len(pool)})"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    model = VQGANModel(cfg.model)
+    params = init_params(cfg.model, cfg.seed)
+    warmup = min(max(cfg.warmup_steps, 1), cfg.steps - 1) if cfg.steps > 1 else 0
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
+                                                  end_value=0.1 * cfg.learning_rate)  # fmt: skip
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule, b1=0.9, b2=0.99))
+    opt_state = optimizer.init(params)
+    update = make_step(model, optimizer, cfg.model.commitment_cost)
+    encode_latents = jax.jit(
+        lambda p, b: model.apply({"params": p}, to_pixels(b), method=VQGANModel.encode_latents)
+    )
+    # Seed the codebook on real latents so no code starts out dead.
+    params, _ = restart_dead_codes(params, np.zeros(cfg.model.num_embeddings),
+                                   np.asarray(encode_latents(params, random_crops(pool, cfg.batch_size * 4, cfg.crop, rng))), rng)  # fmt: skip
+    window = np.zeros(cfg.model.num_embeddings, np.int64)
+    history: list[dict] = []
+    t0, cpu0, restarted = time.monotonic(), time.process_time(), 0
+    for i in range(1, cfg.steps + 1):
+        batch = random_crops(pool, cfg.batch_size, cfg.crop, rng)
+        params, opt_state, m = update(params, opt_state, batch)
+        window += np.bincount(np.asarray(m["codes"]).ravel(), minlength=cfg.model.num_embeddings)
+        last = (i == cfg.steps or 0 < cfg.time_budget_s <= time.monotonic() - t0
+                or 0 < cfg.cpu_budget_s <= time.process_time() - cpu0)  # fmt: skip
+        if i % cfg.log_every == 0 or last:
+            usage = codebook_usage(window, cfg.model.num_embeddings, counts=True)
+            row = {"step": i, **{k: float(m[k]) for k in ("loss", "l1", "mse", "codebook", "commit")},
+                   "usage": usage["fraction"], "perplexity": usage["perplexity"], "restarted": restarted,
+                   "seconds": time.monotonic() - t0}  # fmt: skip
+            history.append(row)
+            psnr = 10 * np.log10(4.0 / max(row["mse"], 1e-12))  # pixels span [-1, 1]: peak-to-peak 2
+            log_step(f"step {i}/{cfg.steps} loss {row['loss']:.4f} psnr {psnr:.2f} dB usage {usage['fraction']:.1%} "
+                     f"ppl {usage['perplexity']:.0f} restarted {restarted} "
+                     f"{i * cfg.batch_size / row['seconds']:.1f} crops/s")  # fmt: skip
+        if last:
+            break
+        if cfg.restart_every and i % cfg.restart_every == 0:
+            params, moved = restart_dead_codes(params, window, np.asarray(m["z"]), rng)
+            restarted += moved
+            window[:] = 0
+    host = jax.tree_util.tree_map(np.asarray, params)
+    meta = {**(meta or {}), "trained_by": "lwmkit vqgan train", "train_config": _plain(cfg),
+            "steps_done": i, "history": history[-20:], "seconds": round(time.monotonic() - t0, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1)}  # fmt: skip
+    if out is None:
+        from lwmkit.tokenizers.vqgan_checkpoint import content_hash
+
+        return Checkpoint(cfg.model, host, content_hash(cfg.model, host), meta)
+    return write_checkpoint(str(out), cfg.model, host, store_dtype=cfg.store_dtype, meta=meta)
+
+
+def _plain(cfg: VQGANTrainConfig) -> dict:
+    from lwmkit.schemas.strict import to_dict
+
+    return to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
