@@ -32,15 +32,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
+
 from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
+from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
+from lwmkit.progress import step
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
-
-from lwmkit.progress import step
 
 COUNTERS = (
     "books_read",
@@ -65,7 +66,7 @@ class BooksOptions(PipelineOptions):
             action="append",
             help="File pattern of books (.txt, .jsonl, .parquet; .gz ok). Repeatable.",
         )
-        add("--output", help="Output folder (local, gs://, s3://).")
+        add_flag(parser, "--output", help="Output folder (local, gs://, s3://).")
         add("--source", default="books", help="Source name recorded in every chunk.")
         add("--id_field", default="id", help="Book id column of JSONL/Parquet inputs.")
         add("--text_field", default="text", help="Text column of JSONL/Parquet inputs.")
@@ -81,7 +82,8 @@ class BooksOptions(PipelineOptions):
             default=False,
             help="Keep Project Gutenberg headers/footers.",
         )
-        add(
+        add_flag(
+            parser,
             "--tokenizer",
             default=None,
             help="SentencePiece .model deciding chunk budgets (default: lwmkit's shipped one).",

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.mixture import MixturePlan, example_key, plan_mixture
+from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.pack_sources import COUNTS, DEAD, ReadSource, list_files
 from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, prepare_output
 from lwmkit.pipelines.sequences import fit_example
@@ -41,8 +43,8 @@ class PackOptions(PipelineOptions):
         parser.add_argument("--seq_len", type=int, default=None, help="The stage's sequence length.")
         parser.add_argument("--stage", default=None, help="Stage name recorded in the manifest.")
         parser.add_argument("--out", default=None, help="Output folder for shards + manifest.json.")
-        parser.add_argument(
-            "--tokenizer", default=None, help="SentencePiece .model (default: the shipped one)."
+        add_flag(
+            parser, "--tokenizer", default=None, help="SentencePiece .model (default: the shipped one)."
         )
         parser.add_argument(
             "--set", dest="overrides", action="append", default=[], help="Mixture override key=value."

@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lwmkit.pipelines.decode import DECODERS, DecodeConfig
+from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.vision_steps import (
     CLIPS,
     DEAD,
@@ -40,25 +41,18 @@ from lwmkit.schemas.strict import require
 JOB = "vision"
 
 
-def _add(parser: Any, *names: str, **kwargs: Any) -> None:
-    # Beam puts every imported job's flags in one parser: a flag another job already defines
-    # (e.g. --output) is shared rather than re-added, which argparse would reject.
-    if not any(n in parser._option_string_actions for n in names):
-        parser.add_argument(*names, **kwargs)
-
-
 class VisionOptions(PipelineOptions):
     """Flags of the vision job (``--flag_name`` or ``--flag-name``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _add(
+        add_flag(
             parser,
             "--inputs",
             help="Glob, folder, or manifest (.csv/.jsonl/.parquet: uri, caption, start_s, end_s).",
         )
-        _add(parser, "--output", help="Output folder (local, gs://, s3://).")
-        _add(
+        add_flag(parser, "--output", help="Output folder (local, gs://, s3://).")
+        add_flag(
             parser,
             "--source_name",
             "--source-name",
@@ -66,14 +60,14 @@ class VisionOptions(PipelineOptions):
             default=None,
             help="Source name in every record (default: vision).",
         )
-        _add(
+        add_flag(
             parser,
             "--fps",
             type=float,
             default=None,
             help="Frames sampled per second (default 4, LWM's; 0 = every frame).",
         )
-        _add(
+        add_flag(
             parser,
             "--max_frames",
             "--max-frames",
@@ -82,7 +76,7 @@ class VisionOptions(PipelineOptions):
             default=None,
             help="Most frames per clip, chosen uniformly.",
         )
-        _add(
+        add_flag(
             parser,
             "--clip_seconds",
             "--clip-seconds",
@@ -91,7 +85,7 @@ class VisionOptions(PipelineOptions):
             default=None,
             help="Split videos into clips of this length.",
         )
-        _add(
+        add_flag(
             parser,
             "--frame_size",
             "--frame-size",
@@ -100,14 +94,14 @@ class VisionOptions(PipelineOptions):
             default=256,
             help="Shorter side after resize (bicubic).",
         )
-        _add(
+        add_flag(
             parser,
             "--crop",
             type=int,
             default=256,
             help="Centre crop side (must equal the VQGAN's resolution).",
         )
-        _add(
+        add_flag(
             parser,
             "--max_pixels",
             "--max-pixels",
@@ -116,14 +110,14 @@ class VisionOptions(PipelineOptions):
             default=DecodeConfig.max_pixels,
             help="Refuse (dead-letter) sources with larger frames.",
         )
-        _add(
+        add_flag(
             parser,
             "--decoder",
             choices=DECODERS,
             default="decord",
             help="Video decoder (ffmpeg is also the automatic fallback).",
         )
-        _add(
+        add_flag(
             parser,
             "--no_fallback",
             "--no-fallback",
@@ -131,7 +125,7 @@ class VisionOptions(PipelineOptions):
             action="store_true",
             help="Do not retry with ffmpeg when decord cannot open a file.",
         )
-        _add(
+        add_flag(
             parser,
             "--decode_timeout_s",
             "--decode-timeout-s",
@@ -140,7 +134,7 @@ class VisionOptions(PipelineOptions):
             default=60.0,
             help="Kill a decoder that makes no progress for this long.",
         )
-        _add(
+        add_flag(
             parser,
             "--file_timeout_s",
             "--file-timeout-s",
@@ -149,7 +143,7 @@ class VisionOptions(PipelineOptions):
             default=3600.0,
             help="Most decoder seconds per file.",
         )
-        _add(
+        add_flag(
             parser,
             "--no_isolation",
             "--no-isolation",
@@ -157,8 +151,8 @@ class VisionOptions(PipelineOptions):
             action="store_true",
             help="Decode in the worker process (faster start, no crash isolation).",
         )
-        _add(parser, "--vqgan", default=None, help="VQGAN checkpoint (default: the shipped one).")
-        _add(
+        add_flag(parser, "--vqgan", default=None, help="VQGAN checkpoint (default: the shipped one).")
+        add_flag(
             parser,
             "--vqgan_batch",
             "--vqgan-batch",
@@ -167,7 +161,7 @@ class VisionOptions(PipelineOptions):
             default=8,
             help="Frames per VQGAN call (one compiled shape).",
         )
-        _add(
+        add_flag(
             parser,
             "--vqgan_dtype",
             "--vqgan-dtype",
@@ -176,7 +170,7 @@ class VisionOptions(PipelineOptions):
             default="float32",
             help="VQGAN compute dtype.",
         )
-        _add(
+        add_flag(
             parser,
             "--record_shards",
             "--record-shards",
@@ -185,7 +179,7 @@ class VisionOptions(PipelineOptions):
             default=16,
             help="Parquet shards (fixed per output).",
         )
-        _add(
+        add_flag(
             parser,
             "--max_failure_ratio",
             "--max-failure-ratio",
@@ -194,7 +188,7 @@ class VisionOptions(PipelineOptions):
             default=0.1,
             help="Exit 1 when more inputs fail.",
         )
-        _add(
+        add_flag(
             parser,
             "--retry_dead_letters",
             "--retry-dead-letters",
@@ -202,7 +196,7 @@ class VisionOptions(PipelineOptions):
             action="store_true",
             help="Reprocess only the inputs an earlier run dead-lettered.",
         )
-        _add(parser, "--preview", type=int, default=0, help="Write OUTPUT/preview.png: originals beside reconstructions for N records.")  # fmt: skip
+        add_flag(parser, "--preview", type=int, default=0, help="Write OUTPUT/preview.png: originals beside reconstructions for N records.")  # fmt: skip
 
 
 @dataclass(frozen=True)
