@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.audit import ShardSetRef, open_shard_set, recount_shard, scratch_dir
 from lwmkit.pipelines.audit_stats import Recount
+from lwmkit.schemas.errors import ContractError
 
 
 class AuditOptions(PipelineOptions):
@@ -30,10 +31,10 @@ class AuditOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--shards", required=True, help="Shard folder or its manifest.json (local, gs://, s3://)."
-        )
-        parser.add_argument("--recount_output", required=True, help="Where to write the recount (JSON).")
+        # Not argparse-required: Beam parses every imported job's flags together, and a
+        # required flag here would make every other job in the process fail. Checked in run().
+        parser.add_argument("--shards", help="Shard folder or its manifest.json (local, gs://, s3://).")
+        parser.add_argument("--recount_output", help="Where to write the recount (JSON).")
         parser.add_argument(
             "--max_problems_per_shard", type=int, default=20, help="Problems listed per shard."
         )
@@ -99,6 +100,9 @@ def run(argv: Sequence[str] | None = None, ref: ShardSetRef | None = None) -> Re
     """Run the job with Beam flags ``argv``; returns the recount it wrote."""
     options = PipelineOptions(argv)
     audit = options.view_as(AuditOptions)
+    missing = [f"--{n}" for n in ("shards", "recount_output") if not getattr(audit, n)]
+    if missing:
+        raise ContractError(f"missing required flags: {', '.join(missing)}", source="audit")
     ref = ref or open_shard_set(audit.shards)
     with beam.Pipeline(options=options) as p:
         build(p, ref, audit.recount_output, audit.max_problems_per_shard)

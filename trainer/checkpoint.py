@@ -68,11 +68,18 @@ class Restored:
     meta: dict[str, Any]
 
 
+def absolute(path: str) -> str:
+    """Orbax refuses relative paths: resolve local ones against the working directory."""
+    import os
+
+    return path if "://" in path else os.path.abspath(path)
+
+
 class StageCheckpoints:
     """The step and final checkpoints of one stage."""
 
     def __init__(self, root: str, stage: str, *, keep: int, async_save: bool = True):
-        self.dir = f"{root.rstrip('/')}/{stage}"
+        self.dir = f"{absolute(root).rstrip('/')}/{stage}"
         self.steps = _manager(f"{self.dir}/steps", keep, async_save)
         self.final = _manager(f"{self.dir}/final", 1, False)
 

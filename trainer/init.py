@@ -19,6 +19,7 @@ import optax
 from lwmkit.schemas import ContractError, ModelConfig, TrainConfig
 from lwmkit.trainer.checkpoint import (
     StageCheckpoints,
+    absolute,
     open_checkpoint,
     params_metadata,
     read_meta,
@@ -116,7 +117,7 @@ def start_stage(
                           f"resumed from step {latest}", lineage)
     source = plan.config.init_from
     if source is None and prev is not None:
-        source = f"{cfg.checkpoint.dir.rstrip('/')}/{prev.name}/final"
+        source = f"{absolute(cfg.checkpoint.dir).rstrip('/')}/{prev.name}/final"
     if source is None:
         params = _fresh(cfg.model, step_fn, cfg.seed)
         return StageStart(params, _init_opt(optimizer, step_fn, params), 0, "fresh init")

@@ -1,0 +1,269 @@
+"""``lwmkit demo``: raw media to a longer-context model, every step the real job's real CLI.
+
+sample data -> vision job -> book-QA job (embedded SmolLM2 server) -> needle data -> pack
+each stage -> audit each stage (a failed audit stops the demo) -> train stage by stage ->
+needle eval of the first and the last stage -> loss curves and a summary.
+
+Each step runs ``lwmkit <job> ...`` in a subprocess with the output folder as its working
+directory (so the configs in ``configs/demo/`` use relative paths), its output shown live and
+kept in ``logs/<step>.log``. A finished step leaves a marker in ``.demo/``; a re-run skips
+finished steps and resumes the rest (the jobs themselves resume too: the trainer from its
+latest checkpoint). Nothing is special-cased for the demo: sizes only choose flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lwmkit.progress import step as say
+from lwmkit.progress import warn
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "demo"
+# Captions for the sample clips (the vision job takes captions from an input manifest).
+CAPTIONS = {
+    "bigbuckbunny": "An animated big white rabbit stands in a green meadow under a tree.",
+    "bikes": "Cyclists ride along a street past parked cars and trees.",
+    "carphone_distorted": "A man talks on a phone in the back seat of a moving car, with heavy compression artefacts.",
+    "carphone_pristine": "A man talks on a phone in the back seat of a moving car.",
+}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    seq_len: int
+    needle_examples: int  # haystacks of this stage's length
+    pack_overrides: tuple[str, ...] = ()  # extra --set for the mixture at this stage
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    name: str
+    fps: float
+    max_frames: int
+    book_chars: int  # the slice of the book the QA model reads
+    chunk_tokens: int
+    qa_pairs: int
+    stages: tuple[StageSpec, ...]
+    eval_lengths: tuple[int, ...]
+    eval_depths: tuple[int, ...]
+    eval_trials: int
+    devices: int  # emulated CPU devices for the trainer (the last stage shards the sequence)
+
+    @property
+    def train_config(self) -> Path:
+        return CONFIG_DIR / f"train-{self.name}.yaml"
+
+
+SIZES = {
+    "smallest": DemoSize(
+        "smallest", fps=1.0, max_frames=2, book_chars=3000, chunk_tokens=400, qa_pairs=1,
+        stages=(StageSpec("s512", 512, 96), StageSpec("s1k", 1024, 48)),
+        eval_lengths=(256, 512, 1024), eval_depths=(0, 50, 100), eval_trials=2, devices=2),
+    "proof": DemoSize(
+        "proof", fps=1.0, max_frames=4, book_chars=40000, chunk_tokens=1000, qa_pairs=2,
+        stages=(StageSpec("s512", 512, 3000, ("total_tokens=2097152",)),
+                StageSpec("s2k", 2048, 800, ("total_tokens=1048576", "sources.0.max_frames=4")),
+                StageSpec("s4k", 4096, 300, ("total_tokens=1048576", "sources.0.max_frames=4"))),
+        eval_lengths=(512, 1024, 2048, 4096), eval_depths=(0, 25, 50, 75, 100), eval_trials=4, devices=4),
+}
+
+
+@dataclass
+class DemoResult:
+    out: str
+    size: str
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds (0 = skipped)
+    artefacts: dict[str, str] = field(default_factory=dict)
+    needle: dict[str, float] = field(default_factory=dict)  # stage -> overall accuracy
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def _lwmkit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lwmkit.cli", *args]
+
+
+class Runner:
+    """Runs steps in ``out``: skips finished ones, logs every subprocess, times everything."""
+
+    def __init__(self, out: Path, size: DemoSize | None = None):
+        self.out, self.size = out, size
+        self.marks = out / ".demo"
+        self.logs = out / "logs"
+        self.result = DemoResult(str(out), size.name if size else "")
+
+    def env(self, devices: int = 1) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if devices > 1 and "xla_force_host_platform_device_count" not in env.get("XLA_FLAGS", ""):
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+        return env
+
+    def step(self, name: str, action: Callable[[], None] | list[str], *, devices: int = 1) -> None:
+        mark = self.marks / f"{name}.done"
+        if mark.exists():
+            say(f"demo: {name}: done earlier, skipped")
+            self.result.steps[name] = 0.0
+            return
+        say(f"demo: {name} ...")
+        t0 = time.perf_counter()
+        if callable(action):
+            action()
+        else:
+            self._run(name, action, devices)
+        seconds = time.perf_counter() - t0
+        self.marks.mkdir(parents=True, exist_ok=True)
+        mark.write_text(json.dumps({"seconds": round(seconds, 1), "command": action if isinstance(action, list) else name}))
+        self.result.steps[name] = seconds
+        say(f"demo: {name}: done in {seconds:.0f}s")
+
+    def _run(self, name: str, argv: list[str], devices: int) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        shown = " ".join(a if a != sys.executable else "python" for a in argv)
+        say(f"  $ {shown}")
+        with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
+            log.write(f"$ {shown}\n")
+            proc = subprocess.Popen(argv, cwd=self.out, env=self.env(devices), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+            assert proc.stdout is not None
+            for line in proc.stdout:  # live progress, and a log to read afterwards
+                sys.stderr.write(f"  | {line}")
+                log.write(line)
+            code = proc.wait()
+        if code != 0:
+            raise DemoFailed(f"step '{name}' failed (exit {code}); its log: {self.logs / f'{name}.log'}")
+
+
+def write_inputs(out: Path, size: DemoSize) -> None:
+    """The vision manifest (sample clips + captions) and the book slice the QA model reads."""
+    videos = sorted((out / "samples" / "videos").glob("*.mp4"))
+    if not videos:
+        raise DemoFailed(f"no sample videos under {out / 'samples' / 'videos'}")
+    inputs = out / "inputs"
+    (inputs / "book").mkdir(parents=True, exist_ok=True)
+    lines = ["uri,caption"]
+    for v in videos:
+        caption = CAPTIONS.get(v.stem, f"A short video clip ({v.stem}).")
+        lines.append(f"{v.resolve().as_posix()},\"{caption}\"")
+    (inputs / "videos.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    book = (out / "samples" / "books" / "botchan.txt").read_text(encoding="utf-8", errors="replace")
+    start = book.find("CHAPTER I")  # skip the front matter
+    text = book[max(start, 0):][: size.book_chars]
+    (inputs / "book" / "botchan-slice.txt").write_text(text[: text.rfind(".") + 1] + "\n", encoding="utf-8")
+
+
+def plot_loss_curves(jsonl: Path, dest: Path) -> None:
+    """Loss against global step, one colour per stage, from the trainer's ``train.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and "global_step" in r]
+    if not rows:
+        raise DemoFailed(f"no loss records in {jsonl}")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        pts = sorted({r["global_step"]: r for r in rows if r["stage"] == stage}.values(), key=lambda r: r["global_step"])
+        ax.plot([r["global_step"] for r in pts], [r["loss"] for r in pts], marker=".", label=stage)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("loss (per-example weighted)")
+    ax.set_title("training loss by stage", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    plt.close(fig)
+
+
+def _stage_steps(r: Runner, size: DemoSize) -> None:
+    """Needle data, pack and the audit gate, per stage."""
+    mixture = str(CONFIG_DIR / "mixture.yaml")
+    for s in size.stages:
+        r.step(f"needle-data-{s.name}", _lwmkit(
+            "needle-data", "--seq-len", str(s.seq_len), "--examples", str(s.needle_examples),
+            "--book", "samples/books/botchan.txt", "--out", f"needles/{s.name}/needles.parquet"))
+        sets = ["--set", f"sources.2.path=needles/{s.name}/*.parquet"]
+        for o in s.pack_overrides:
+            sets += ["--set", o]
+        r.step(f"pack-{s.name}", _lwmkit(
+            "pack", "--mixture", mixture, "--seq-len", str(s.seq_len), "--stage", s.name,
+            "--out", f"shards/{s.name}", *sets))
+        # The gate: a drifted mixture or a corrupt shard stops the demo before training.
+        r.step(f"audit-{s.name}", _lwmkit(
+            "audit", f"shards/{s.name}", "--report", f"audit/{s.name}.html", "--json", f"audit/{s.name}.json",
+            "--dashboard", f"audit/{s.name}.png", "--runner", "local", "--quiet"))
+
+
+def run_demo(out: Path, size: DemoSize) -> DemoResult:
+    """Run (or resume) the whole demo in ``out``; returns what it made."""
+    if not size.train_config.exists():
+        raise DemoFailed(f"{size.train_config} is missing: run the demo from a checkout of lwmkit")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = out / "demo.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("size") != size.name:
+        raise DemoFailed(f"{out} holds a demo of another size; use another --out")
+    stamp.write_text(json.dumps({"size": size.name, "config": asdict(size)}, indent=2, default=str))
+    r = Runner(out, size)
+    r.step("sample-data", _lwmkit("sample-data", "samples"))
+    r.step("inputs", lambda: write_inputs(out, size))
+    r.step("vision", _lwmkit(
+        "vision", "--inputs", "inputs/videos.csv", "--output", "vision", "--source_name", "clips",
+        "--fps", str(size.fps), "--max_frames", str(size.max_frames), "--vqgan_batch", "2",
+        "--record_shards", "1", "--preview", "2"))
+    r.step("books", _lwmkit(
+        "books", "--input", "inputs/book/*.txt", "--output", "books", "--source", "botchan",
+        "--chunk_tokens", str(size.chunk_tokens), "--qa_pairs", str(size.qa_pairs), "--num_shards", "1"))
+    _stage_steps(r, size)
+    # Orbax wants an absolute checkpoint path; the config's is relative to the output folder.
+    r.step("train", _lwmkit("train", str(size.train_config), "--set", f"checkpoint.dir={out / 'checkpoints'}"),
+           devices=size.devices)
+    r.step("loss-curves", lambda: plot_loss_curves(out / "checkpoints" / "logs" / "train.jsonl",
+                                                   out / "loss_curves.png"))
+    lengths = ",".join(str(n) for n in size.eval_lengths)
+    depths = ",".join(str(d) for d in size.eval_depths)
+    for s in (size.stages[0], size.stages[-1]):
+        r.step(f"needle-eval-{s.name}", _lwmkit(
+            "eval", "needle", "--checkpoint", f"checkpoints/{s.name}", "--lengths", lengths, "--depths", depths,
+            "--trials", str(size.eval_trials), "--out", f"needle/{s.name}",
+            "--title", f"after stage {s.name} (trained at {s.seq_len} tokens)"))
+    return summarise(r)
+
+
+def summarise(r: Runner) -> DemoResult:
+    out, size, res = r.out, r.size, r.result
+    res.artefacts = {
+        "vision records": "vision/", "vision preview": "vision/preview.png", "book QA records": "books/",
+        "loss curves": "loss_curves.png", "checkpoints": "checkpoints/", "logs": "logs/",
+    }
+    for s in size.stages:
+        res.artefacts[f"shards {s.name}"] = f"shards/{s.name}/manifest.json"
+        res.artefacts[f"audit report {s.name}"] = f"audit/{s.name}.html"
+    for s in (size.stages[0], size.stages[-1]):
+        res.artefacts[f"needle heatmap after {s.name}"] = f"needle/{s.name}/needle_heatmap.png"
+        summary = json.loads((out / "needle" / s.name / "needle.json").read_text())
+        res.needle[s.name] = summary["overall"]
+    lines = [f"# lwmkit demo ({size.name})", "", "| artefact | path |", "|---|---|"]
+    lines += [f"| {k} | `{out / v}` |" for k, v in res.artefacts.items()]
+    lines += ["", "| step | seconds (0 = done earlier) |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in res.steps.items()]
+    lines += ["", "Needle accuracy (all lengths and depths of the eval grid):"]
+    lines += [f"- after stage {k}: {v:.2f}" for k, v in res.needle.items()]
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(asdict(res), indent=2) + "\n", encoding="utf-8")
+    return res
+
+
+def check_tools() -> None:
+    if shutil.which("ffmpeg") is None:
+        warn("ffmpeg is not on PATH: the vision job falls back to decord only")

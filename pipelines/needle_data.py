@@ -1,0 +1,121 @@
+"""Retrieval-bearing training data: book haystacks with needles, as ``BOOK_CHUNK`` rows.
+
+Each haystack is written as one "book" (``book_id = needles-<seq_len>-<i>``): consecutive
+sentences of a real book cut into chunks, needles (LWM's ``The special magic {city} number
+is: {digits}.``) inserted at random depths, and one QA pair per needle on the chunk that
+holds it (question: LWM's needle question; answer: the needle sentence restated, which holds
+the digits LWM's scoring looks for). The real pack job's
+``book_qa_chat`` source then concatenates each book's chunks into one long chat with the
+questions as turns, loss on the answers only (shared/LWM_FACTS.md §5) — exactly the format
+``lwmkit eval needle`` asks in. Haystack lengths are drawn in ``[min_fill, 1] * seq_len`` so a
+stage sees every distance up to its context, and each chat is sized to fit ``seq_len``.
+
+Deterministic: the same arguments give the same rows (seeded by ``seed`` and ``seq_len``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lwmkit.schemas.records import BOOK_CHUNK, chunk_id, stable_id, write_table
+from lwmkit.tokenizers.needle_text import Haystack, Needle, draw_needles
+from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
+
+MODEL_NAME = "lwmkit-needles"  # recorded in BOOK_CHUNK.model: these QA pairs are synthetic
+PROMPT_VERSION = "needle-v1"
+
+
+@dataclass(frozen=True)
+class NeedleDataConfig:
+    """How many haystacks of which size, and how many needles each."""
+
+    seq_len: int  # the stage length every chat must fit
+    examples: int  # haystacks (one chat each)
+    needles_min: int = 1
+    needles_max: int = 4
+    min_fill: float = 0.3  # shortest haystack as a share of seq_len
+    chunk_tokens: int = 1000  # LWM's book chunk size
+    seed: int = 0
+    source: str = "needles"
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 128:
+            raise ValueError(f"seq_len must be >= 128, got {self.seq_len}")
+        if self.examples < 1:
+            raise ValueError(f"examples must be >= 1, got {self.examples}")
+        if not 1 <= self.needles_min <= self.needles_max:
+            raise ValueError(f"need 1 <= needles_min <= needles_max, got {self.needles_min}, {self.needles_max}")
+        if not 0.0 < self.min_fill <= 1.0:
+            raise ValueError(f"min_fill must lie in (0, 1], got {self.min_fill}")
+        if self.chunk_tokens < 32:
+            raise ValueError(f"chunk_tokens must be >= 32, got {self.chunk_tokens}")
+
+
+def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
+    """Tokens the QA turns add to the chat (as the pack job formats them, plus EOS each)."""
+    return sum(len(tok.encode(f"{USER} {n.question} {ASSISTANT}")) + len(tok.encode(n.sentence)) + 1 for n in needles)
+
+
+def _chunks(hay: Haystack, document: str, chunk_tokens: int) -> list[str]:
+    """Split a haystack document at sentence ends into chunks of about ``chunk_tokens``."""
+    out, cur, used = [], [], 0
+    for sentence in document.split(". "):
+        piece = sentence if sentence.endswith(".") else sentence + "."
+        n = len(hay.tok.encode(piece))
+        if cur and used + n > chunk_tokens:
+            out.append(" ".join(cur))
+            cur, used = [], 0
+        cur.append(piece)
+        used += n
+    if cur:
+        out.append(" ".join(cur))
+    return out
+
+
+def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict]:
+    """The ``BOOK_CHUNK`` rows of haystack ``index``."""
+    tok = hay.tok
+    rng = np.random.default_rng([cfg.seed, cfg.seq_len, index])
+    needles = draw_needles(rng, int(rng.integers(cfg.needles_min, cfg.needles_max + 1)))
+    head = 1 + len(tok.encode(f"{SYSTEM_PROMPT} {USER}"))
+
+    def fixed(ns: list[Needle]) -> int:  # the chat without its haystack sentences
+        return head + _qa_cost(tok, ns) + sum(len(tok.encode(n.sentence)) for n in ns)
+
+    while len(needles) > 1 and fixed(needles) + 48 > cfg.seq_len:
+        needles = needles[:-1]  # a short stage holds fewer needles: every question must fit
+    if fixed(needles) + 48 > cfg.seq_len:
+        raise ValueError(f"seq_len {cfg.seq_len} cannot hold a haystack with a needle and its question")
+    floor = fixed(needles) + 128  # prefer some haystack around the needles
+    target = min(cfg.seq_len, max(floor, int(cfg.seq_len * rng.uniform(cfg.min_fill, 1.0))))
+    # Slack for the tokenizer's joins and chunk splits: the chat must never overflow seq_len.
+    budget = target - head - _qa_cost(tok, needles) - 16 - 2 * (target // cfg.chunk_tokens + 1)
+    depths = rng.uniform(0.0, 1.0, size=len(needles))
+    start = int(rng.integers(0, len(hay.sentences)))
+    document = hay.document(max(budget, 32), needles, list(depths), start)
+    book_id = f"{cfg.source}-{cfg.seq_len}-{index:06d}"
+    rows = []
+    for i, text in enumerate(_chunks(hay, document, cfg.chunk_tokens)):
+        asked = [n for n in needles if n.sentence in text]
+        rng.shuffle(asked)  # question order is not the needles' order
+        rows.append({
+            "book_id": book_id, "chunk_index": i, "chunk_id": chunk_id(book_id, i), "source": cfg.source,
+            "text": text, "n_tokens": len(tok.encode(text)), "text_sha256": stable_id(text, length=64),
+            "qa": [{"question": n.question, "answer": n.sentence} for n in asked],
+            "model": MODEL_NAME, "prompt_version": PROMPT_VERSION, "tokenizer_id": tok.id,
+        })
+    return rows
+
+
+def write_needle_data(book_text: str, out_path: str, cfg: NeedleDataConfig, tok: TextTokenizer | None = None) -> int:
+    """Write ``cfg.examples`` haystacks as one ``BOOK_CHUNK`` Parquet file; returns the row count."""
+    tok = tok or TextTokenizer.load()
+    hay = Haystack(book_text, tok)
+    rows = [row for i in range(cfg.examples) for row in haystack_rows(hay, cfg, i)]
+    if "://" not in out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    write_table(rows, BOOK_CHUNK, out_path)
+    return len(rows)

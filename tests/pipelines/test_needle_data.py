@@ -1,0 +1,65 @@
+"""Needle training data: valid BOOK_CHUNK rows whose haystacks the pack job's book_qa_chat
+formatting turns into one chat each, within the stage length, loss on the answers only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lwmkit.pipelines.formatting import book_chat_examples
+from lwmkit.pipelines.needle_data import NeedleDataConfig, haystack_rows, write_needle_data
+from lwmkit.schemas.mixture import SourceConfig
+from lwmkit.schemas.records import BOOK_CHUNK, read_table
+from lwmkit.tokenizers.needle_text import Haystack
+from lwmkit.tokenizers.text import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok() -> TextTokenizer:
+    return TextTokenizer.load()
+
+
+@pytest.mark.parametrize("seq_len,chunk_tokens", [(256, 1000), (2048, 500)])
+def test_each_haystack_is_one_chat_within_seq_len(botchan: str, tok: TextTokenizer, seq_len: int, chunk_tokens: int):
+    hay = Haystack(botchan, tok)
+    cfg = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=3, chunk_tokens=chunk_tokens, seed=1)
+    source = SourceConfig(name="needles", kind="book_qa_chat", path="x", weight=1.0)
+    for i in range(cfg.examples):
+        rows = haystack_rows(hay, cfg, i)
+        assert len({r["book_id"] for r in rows}) == 1
+        if seq_len >= 2 * chunk_tokens:
+            assert sum(r["n_tokens"] for r in rows) > chunk_tokens * 0.3 * len(rows) - chunk_tokens
+        examples = book_chat_examples(source, rows, tok, seq_len)
+        assert len(examples) == 1, [r["n_tokens"] for r in rows]
+        ex = examples[0]
+        assert ex.n_tokens <= seq_len
+        qa = [p for r in rows for p in r["qa"]]
+        assert 1 <= len(qa) <= 3
+        # the loss-bearing tokens are exactly the answers (needle sentences) and their EOS
+        answer_ids = ex.ids[ex.loss]
+        assert int((answer_ids == tok.eos_id).sum()) == len(qa)
+        text = tok.decode([t for t in answer_ids if t != tok.eos_id])
+        for p in qa:
+            assert p["answer"] in text and p["answer"] in " ".join(r["text"] for r in rows)
+            assert p["question"].startswith("What is the special magic")
+
+
+def test_write_is_deterministic_and_valid(tmp_path: Path, botchan: str, tok: TextTokenizer):
+    cfg = NeedleDataConfig(seq_len=512, examples=5)
+    a, b = tmp_path / "a" / "n.parquet", tmp_path / "b" / "n.parquet"
+    assert write_needle_data(botchan, str(a), cfg, tok) == write_needle_data(botchan, str(b), cfg, tok)
+    ta, tb = read_table(str(a), BOOK_CHUNK), read_table(str(b), BOOK_CHUNK)
+    assert ta.equals(tb)
+    rows = ta.to_pylist()
+    assert all(r["tokenizer_id"] == tok.id and r["model"] == "lwmkit-needles" for r in rows)
+    lengths = [sum(r["n_tokens"] for r in rows if r["book_id"] == b) for b in {r["book_id"] for r in rows}]
+    assert np.ptp(lengths) > 0  # haystack lengths vary within the stage
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="needles_min"):
+        NeedleDataConfig(seq_len=512, examples=1, needles_min=3, needles_max=2)
+    with pytest.raises(ValueError, match="seq_len"):
+        NeedleDataConfig(seq_len=16, examples=1)

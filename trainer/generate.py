@@ -1,0 +1,156 @@
+"""Greedy decoding with the trainer's model, from a trainer checkpoint.
+
+No KV cache: each new token is one full forward pass over a fixed ``[B, T]`` buffer (one
+compiled shape for the whole run), so the same code runs single-device (blockwise attention)
+or with the sequence sharded over a mesh's ``sp`` axis (ring attention) for contexts one
+device cannot hold. Prompts are left-padded (segment id 0 = padding, which attends only to
+padding) so every prompt ends at the same slot and positions restart at 0 on its first real
+token, as the packed training sequences do. The text head is applied to the one position
+being decoded, never to the whole sequence.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lwmkit.schemas import ContractError, ModelConfig, TrainConfig
+from lwmkit.schemas.strict import from_dict
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's params with the model config and the RoPE theta of its stage."""
+
+    params: Any
+    config: ModelConfig
+    rope_theta: float
+    stage: str
+    seq_len: int  # the context length the stage trained at
+    tokenizer_id: str | None
+    path: str
+    step: int
+    decoders: dict = field(default_factory=dict)  # compiled decoders by (mesh, max_new, eos): compile once
+
+
+def load_model(path: str, mesh: Mesh | None = None) -> LoadedModel:
+    """Load a trainer checkpoint (a stage folder, its ``final``/``steps`` folder or one step)."""
+    from lwmkit.trainer.checkpoint import open_checkpoint, params_metadata, read_meta, restore_from
+
+    if "://" not in path:
+        path = os.path.abspath(path)  # orbax refuses relative paths
+    try:
+        manager, step = open_checkpoint(path)
+    except FileNotFoundError as err:
+        raise ContractError(str(err), source=path) from None
+    meta = read_meta(manager, step)
+    cfg = from_dict(TrainConfig, meta["config"], source=f"{path} (meta.config)")
+    stage = next((s for s in cfg.stages if s.name == meta["stage"]), None)
+    if stage is None:
+        raise ContractError(f"stage {meta['stage']!r} is not in the checkpoint's config", field="stage", source=path)
+    abstract = params_metadata(manager, step)
+    # Restore onto this process's devices, whatever mesh the checkpoint was written from.
+    if mesh is not None:
+        from lwmkit.trainer.mesh import param_shardings
+
+        shardings = param_shardings(abstract, mesh)
+    else:
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree_util.tree_map(lambda _: one, abstract)
+    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      abstract, shardings)
+    params = restore_from(manager, step, abstract, None).params
+    manager.close()
+    lineage = meta.get("lineage") or []
+    tok_id = lineage[-1].get("tokenizer_id") if lineage else None
+    return LoadedModel(params, cfg.model, float(stage.rope_theta), stage.name, int(stage.seq_len), tok_id, path, step)
+
+
+def _buffer_length(prompt_len: int, max_new: int, multiple: int) -> int:
+    total = prompt_len + max_new
+    return -(-total // multiple) * multiple
+
+
+def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(ids, segment_ids, positions, end)``: prompts right-aligned at slot ``end``; the slots
+    from ``end`` on are the generation area (segment 1, positions continuing)."""
+    end = max(len(p) for p in prompts)
+    b = len(prompts)
+    ids = np.full((b, length), pad_id, np.int32)
+    seg = np.zeros((b, length), np.int32)
+    pos = np.zeros((b, length), np.int32)
+    for i, p in enumerate(prompts):
+        start = end - len(p)
+        ids[i, start:end] = p
+        seg[i, start:] = 1
+        pos[i, start:] = np.arange(length - start)
+    return ids, seg, pos, end
+
+
+def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
+    from lwmkit.trainer.loss import build_model
+
+    net = build_model(model.config, model.rope_theta, mesh)
+    kernel_path = ("lm_head", "kernel")
+
+    def run(params, ids, seg, pos, end):
+        b = ids.shape[0]
+        vision = jnp.zeros(ids.shape, bool)
+
+        def cond(state):
+            t, _, done = state
+            return (t < end + max_new) & ~jnp.all(done)
+
+        def body(state):
+            t, ids, done = state
+            hidden = net.apply({"params": params}, ids, vision, pos, seg)
+            h = jax.lax.dynamic_index_in_dim(hidden, t - 1, axis=1, keepdims=False)  # [B, d]
+            kernel = params[kernel_path[0]][kernel_path[1]]
+            logits = jnp.einsum("bd,dv->bv", h.astype(jnp.float32), kernel.astype(jnp.float32))
+            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            nxt = jnp.where(done, eos_id, nxt)
+            ids = jax.lax.dynamic_update_slice(ids, nxt[:, None], (0, t))
+            return t + 1, ids, done | (nxt == eos_id)
+
+        _, ids, _ = jax.lax.while_loop(cond, body, (end, ids, jnp.zeros((b,), bool)))
+        return ids
+
+    if mesh is None:
+        return jax.jit(run)
+    from lwmkit.trainer.mesh import param_shardings
+
+    seq = NamedSharding(mesh, P(None, "sp"))
+    return jax.jit(run, in_shardings=(param_shardings(model.params, mesh), seq, seq, seq, None),
+                   out_shardings=NamedSharding(mesh, P()))
+
+
+def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: int, eos_id: int, pad_id: int = 0,
+                    mesh: Mesh | None = None, block: int = 128) -> list[list[int]]:
+    """Greedy continuations (up to ``max_new`` tokens, cut after EOS) of each prompt.
+
+    With ``mesh`` the buffer is sharded over its ``sp`` axis and attention is ring attention.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    sp = mesh.shape["sp"] if mesh is not None and "sp" in mesh.axis_names else 1
+    end = max(len(p) for p in prompts)
+    length = _buffer_length(end, max_new, sp * block if end + max_new > block else sp)
+    ids, seg, pos, end = left_pad(prompts, length, pad_id)
+    key = (id(mesh), max_new, eos_id)
+    if key not in model.decoders:
+        model.decoders[key] = _decoder(model, mesh, max_new, eos_id)
+    fn = model.decoders[key]
+    out = np.asarray(jax.device_get(fn(model.params, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos),
+                                       jnp.int32(end))))
+    replies = []
+    for row in out[:, end:end + max_new]:
+        row = row.tolist()
+        replies.append(row[: row.index(eos_id)] if eos_id in row else row)
+    return replies

@@ -1,0 +1,244 @@
+"""Needle-in-a-haystack eval (shared/LWM_FACTS.md §7): haystacks from a book at a grid of
+context lengths x needle depths, greedy decoding with the trainer's model, exact retrieval.
+
+A *case* is one question about one needle in one haystack. Its context length L counts the
+whole chat, as the pack job's ``book_qa_chat`` examples do: BOS, ``You are a helpful
+assistant. USER: {haystack} {question} ASSISTANT:`` and room for the answer and its EOS. The
+haystack holds ``needles`` needles; the first sits at the cell's depth, the others at random
+depths; the first ``retrieve`` of them are asked, each as its own case. A case is correct
+when the needle's 7 digits appear in the greedy reply (LWM's criterion). A cell's accuracy
+is the mean over its trials and asked needles.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lwmkit.tokenizers.needle_text import Haystack, Needle, draw_needles
+from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
+
+
+@dataclass(frozen=True)
+class NeedleGrid:
+    """The grid: lengths (tokens) x depths (percent), trials per cell, needles per haystack."""
+
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...] = (0.0, 25.0, 50.0, 75.0, 100.0)
+    trials: int = 4
+    needles: int = 1  # needles inserted per haystack
+    retrieve: int = 1  # needles asked per haystack (each its own case)
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.lengths or any(n < 64 for n in self.lengths):
+            raise ValueError(f"lengths must be >= 64 tokens, got {self.lengths}")
+        if not self.depths or any(not 0.0 <= d <= 100.0 for d in self.depths):
+            raise ValueError(f"depths are percentages in [0, 100], got {self.depths}")
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if not 1 <= self.retrieve <= self.needles:
+            raise ValueError(f"need 1 <= retrieve <= needles, got retrieve={self.retrieve}, needles={self.needles}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class NeedleCase:
+    length: int
+    depth: float
+    trial: int
+    needle: Needle
+    prompt: list[int] = field(repr=False)
+    reply: str = ""
+    correct: bool = False
+    digits: float = 0.0  # digit_score of the reply
+
+
+def answer_budget(tok: TextTokenizer, needle: Needle) -> int:
+    """Tokens reserved for the reply: the needle sentence restated, plus EOS."""
+    return len(tok.encode(needle.sentence)) + 1
+
+
+def chat_prompt(tok: TextTokenizer, document: str, question: str) -> list[int]:
+    """The eval prompt in the pack job's ``book_qa_chat`` layout (tokenized piece by piece, as it does)."""
+    return [tok.bos_id, *tok.encode(f"{SYSTEM_PROMPT} {USER}"), *tok.encode(document),
+            *tok.encode(f"{question} {ASSISTANT}")]
+
+
+def _case_prompts(hay: Haystack, length: int, depth: float, needles: list[Needle], rng: np.random.Generator,
+                  asked: list[Needle]) -> list[list[int]]:
+    tok = hay.tok
+    depths = [depth / 100.0] + list(rng.uniform(0.0, 1.0, size=len(needles) - 1))
+    start = int(rng.integers(0, len(hay.sentences)))
+    fixed = max(len(chat_prompt(tok, "", n.question)) + answer_budget(tok, n) for n in asked)
+    budget = length - fixed
+    for _ in range(8):  # the tokenizer's joins move the count a little: shrink until it fits
+        if budget < 16:
+            raise ValueError(f"context length {length} leaves no room for a haystack")
+        doc = hay.document(budget, needles, depths, start)
+        prompts = [chat_prompt(tok, doc, n.question) for n in asked]
+        over = max(len(p) + answer_budget(tok, n) for p, n in zip(prompts, asked, strict=True)) - length
+        if over <= 0:
+            return prompts
+        budget -= over
+    raise ValueError(f"could not fit a haystack into {length} tokens")
+
+
+def build_cases(hay: Haystack, grid: NeedleGrid) -> list[NeedleCase]:
+    """Every case of the grid, deterministic in ``grid.seed``."""
+    cases = []
+    for length in grid.lengths:
+        for depth in grid.depths:
+            for trial in range(grid.trials):
+                rng = np.random.default_rng([grid.seed, length, int(depth * 100), trial])
+                needles = draw_needles(rng, grid.needles)
+                asked = needles[: grid.retrieve]
+                for needle, prompt in zip(asked, _case_prompts(hay, length, depth, needles, rng, asked), strict=True):
+                    cases.append(NeedleCase(length, depth, trial, needle, prompt))
+    return cases
+
+
+def is_correct(reply: str, needle: Needle) -> bool:
+    """LWM's criterion: the needle's digits appear in the reply."""
+    return needle.number in reply
+
+
+def digit_score(reply: str, needle: Needle) -> float:
+    """Partial credit: the share of the needle's digits that the reply's first digit run gets
+    right, position by position (1.0 iff the run is exactly the number). Shows retrieval that
+    is under way before exact retrieval is (e.g. the right digits, in the wrong order)."""
+    runs = re.findall(r"\d+", reply)
+    if not runs:
+        return 0.0
+    got = runs[0]
+    return sum(a == b for a, b in zip(got, needle.number, strict=False)) / len(needle.number)
+
+
+@dataclass
+class NeedleReport:
+    lengths: list[int]
+    depths: list[float]
+    accuracy: list[list[float]]  # [len(lengths)][len(depths)]
+    cases: list[NeedleCase]
+    checkpoint: str = ""
+    stage: str = ""
+    trained_seq_len: int = 0
+    needles: int = 1
+    retrieve: int = 1
+    seconds: float = 0.0
+    digit_accuracy: list[list[float]] = field(default_factory=list)  # partial credit per cell
+
+    @property
+    def overall(self) -> float:
+        return float(np.mean([c.correct for c in self.cases])) if self.cases else 0.0
+
+    def summary(self) -> dict:
+        return {"checkpoint": self.checkpoint, "stage": self.stage, "trained_seq_len": self.trained_seq_len,
+                "lengths": self.lengths, "depths": self.depths, "accuracy": self.accuracy,
+                "overall": self.overall, "digit_accuracy": self.digit_accuracy,
+                "digits_overall": float(np.mean([c.digits for c in self.cases])) if self.cases else 0.0,
+                "needles": self.needles, "retrieve": self.retrieve,
+                "cases": len(self.cases), "seconds": round(self.seconds, 1)}
+
+
+def score(cases: list[NeedleCase], grid: NeedleGrid, what: str = "correct") -> list[list[float]]:
+    """Mean of ``what`` (``correct`` or ``digits``) per (length, depth) cell."""
+    acc = []
+    for length in grid.lengths:
+        row = []
+        for depth in grid.depths:
+            got = [float(getattr(c, what)) for c in cases if c.length == length and c.depth == depth]
+            row.append(float(np.mean(got)) if got else float("nan"))
+        acc.append(row)
+    return acc
+
+
+def evaluate(model, tok: TextTokenizer, hay: Haystack, grid: NeedleGrid, *, mesh=None, on_batch=None) -> NeedleReport:
+    """Run every case through greedy decoding; ``on_batch(n_done)`` reports progress."""
+    import time
+
+    from lwmkit.trainer.generate import greedy_generate
+
+    t0 = time.perf_counter()
+    cases = build_cases(hay, grid)
+    max_new = max(answer_budget(tok, c.needle) for c in cases) + 4
+    for length in grid.lengths:  # one buffer shape per length: one compile each
+        group = [c for c in cases if c.length == length]
+        for i in range(0, len(group), grid.batch_size):
+            batch = group[i: i + grid.batch_size]
+            prompts = [c.prompt for c in batch]
+            prompts += [prompts[-1]] * (grid.batch_size - len(batch))  # a fixed batch shape
+            replies = greedy_generate(model, prompts, max_new=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh)
+            for c, r in zip(batch, replies, strict=False):
+                c.reply = tok.decode(r)
+                c.correct = is_correct(c.reply, c.needle)
+                c.digits = digit_score(c.reply, c.needle)
+            if on_batch:
+                on_batch(len(batch))
+    return NeedleReport(list(grid.lengths), list(grid.depths), score(cases, grid), cases,
+                        checkpoint=model.path, stage=model.stage, trained_seq_len=model.seq_len,
+                        needles=grid.needles, retrieve=grid.retrieve, seconds=time.perf_counter() - t0,
+                        digit_accuracy=score(cases, grid, "digits"))
+
+
+def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, digits: bool = False) -> None:
+    """Accuracy heatmap, depth (rows, %) x context length (columns), as LWM/Gemini draw it;
+    ``digits`` draws the partial-credit digit accuracy instead of exact retrieval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    acc = np.asarray(report.digit_accuracy if digits else report.accuracy, dtype=float).T  # [depths, lengths]
+    cmap = LinearSegmentedColormap.from_list("needle", ["#d7191c", "#fdae61", "#a6d96a", "#1a9641"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.9 * len(report.lengths)), 1.0 + 0.45 * len(report.depths)))
+    im = ax.imshow(acc, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(report.lengths)), [_k(n) for n in report.lengths])
+    ax.set_yticks(range(len(report.depths)), [f"{d:g}%" for d in report.depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    for (i, j), v in np.ndenumerate(acc):
+        ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    if report.trained_seq_len:
+        ax.axvline(_trained_edge(report), color="black", linestyle="--", linewidth=1)
+    ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)})",
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="digit accuracy" if digits else "exact retrieval")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _trained_edge(report: NeedleReport) -> float:
+    """x position of the boundary between lengths within and beyond the trained context."""
+    inside = [i for i, n in enumerate(report.lengths) if n <= report.trained_seq_len]
+    return (inside[-1] + 0.5) if inside else -0.5
+
+
+def write_report(report: NeedleReport, out_dir: str, title: str | None = None) -> dict[str, str]:
+    """``needle.json`` (grid + summary), ``cases.jsonl`` (every reply) and ``needle_heatmap.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": str(out / "needle.json"), "cases": str(out / "cases.jsonl"), "heatmap": str(out / "needle_heatmap.png"),
+             "digits_heatmap": str(out / "needle_digits_heatmap.png")}
+    Path(paths["json"]).write_text(json.dumps(report.summary(), indent=2) + "\n")
+    with open(paths["cases"], "w") as f:
+        for c in report.cases:
+            row = {"length": c.length, "depth": c.depth, "trial": c.trial, "needle": asdict(c.needle),
+                   "prompt_tokens": len(c.prompt), "reply": c.reply, "correct": c.correct, "digits": c.digits}
+            f.write(json.dumps(row) + "\n")
+    plot_heatmap(report, paths["heatmap"], title)
+    plot_heatmap(report, paths["digits_heatmap"], (title + " (digits)") if title else None, digits=True)
+    return paths
