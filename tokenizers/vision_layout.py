@@ -87,7 +87,7 @@ def find_blocks(vision_mask: np.ndarray) -> list[tuple[int, int]]:
     """``(start, end)`` index ranges of the masked runs (block bodies) in a stream."""
     m = np.asarray(vision_mask, dtype=np.int8)
     edges = np.diff(np.concatenate([[0], m, [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
 def sample_frames(n_frames: int, budget: int) -> np.ndarray:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from lwmkit.progress import error
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+from lwmkit.commands.beam_job import PASS_THROUGH, run_job
 
 
 def books(ctx: typer.Context) -> None:
@@ -20,21 +18,14 @@ def books(ctx: typer.Context) -> None:
     Example: lwmkit books --input 'books/*.txt' --output out/books
     (no --qa_endpoint: starts the embedded SmolLM2 server; lwmkit books --help lists every flag.)
     """
-    args = list(ctx.args)
-    if not args or "--help" in args or "-h" in args:
-        from lwmkit.pipelines.books import help_text
+    run_job(ctx, "books", _failures)
 
-        typer.echo(help_text())
-        return
-    from lwmkit.pipelines.books import run
+
+def _failures() -> tuple[type[BaseException], ...]:
     from lwmkit.pipelines.llm_server import ServerError
 
-    try:
-        run(args)
-    except ServerError as err:
-        error(str(err))
-        raise typer.Exit(1) from None
+    return (ServerError,)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("books", context_settings=_PASS_THROUGH)(books)
+    app.command("books", context_settings=PASS_THROUGH)(books)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from lwmkit.progress import error
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+from lwmkit.commands.beam_job import PASS_THROUGH, run_job
 
 
 def vision(ctx: typer.Context) -> None:
@@ -20,20 +18,13 @@ def vision(ctx: typer.Context) -> None:
     Example: lwmkit vision --inputs 'videos/*' --output out/ --fps 1 --preview 4
     (lwmkit vision --help lists every flag.)
     """
-    args = list(ctx.args)
-    if not args or "--help" in args or "-h" in args:
-        from lwmkit.pipelines.vision import help_text
+    run_job(ctx, "vision", _failures)
 
-        typer.echo(help_text())
-        return
-    from lwmkit.pipelines.vision import run
+
+def _failures() -> tuple[type[BaseException], ...]:
     from lwmkit.pipelines.vision_run import VisionJobFailed
 
-    try:
-        run(args)
-    except VisionJobFailed as err:
-        error(str(err))
-        raise typer.Exit(1) from None
+    return (VisionJobFailed,)
 
 
 def preview(
@@ -49,5 +40,5 @@ def preview(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("vision", context_settings=_PASS_THROUGH)(vision)
+    app.command("vision", context_settings=PASS_THROUGH)(vision)
     app.command("vision-preview")(preview)
