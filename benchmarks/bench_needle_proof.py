@@ -42,10 +42,13 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="4000,1000", help="Needle haystacks per stage, comma-separated.")
-    ap.add_argument("--lengths", default="256,512,1024", help="Eval context lengths.")
+    ap.add_argument("--examples", default="30000,2000,1200", help="Needle haystacks per stage, comma-separated.")
+    ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
+    ap.add_argument("--repeat-share", default="0.5,0.2,0.2",
+                    help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
+    ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
-    ap.add_argument("--trials", type=int, default=4, help="Haystacks per eval cell.")
+    ap.add_argument("--trials", type=int, default=20, help="Haystacks per eval cell.")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Override a training config field.")
     ap.add_argument("--docs", default=str(REPO / "docs"), help="Where the heatmaps are copied.")
     args = ap.parse_args()
@@ -59,15 +62,15 @@ def main() -> None:
     overrides = [f"checkpoint.dir={out / 'checkpoints'}", *args.overrides]
     stages, ckpt_dir = _plan(train_yaml, overrides)
     examples = [int(x) for x in args.examples.split(",")]
-    if len(examples) != len(stages):
-        sys.exit(f"--examples needs one count per stage ({len(stages)})")
+    repeat = [float(x) for x in args.repeat_share.split(",")]
+    if len(examples) != len(stages) or len(repeat) != len(stages):
+        sys.exit(f"--examples and --repeat-share need one value per stage ({len(stages)})")
     r = Runner(out)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    for s, n in zip(stages, examples, strict=True):
-        needles_max = 2 if s["seq_len"] <= 256 else 4
+    for s, n, share in zip(stages, examples, repeat, strict=True):
         r.step(f"needle-data-{s['name']}", _lwmkit(
-            "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(needles_max),
-            "--min-fill", "0.5", "--out", f"needles/{s['name']}/needles.parquet"))
+            "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(args.needles_max),
+            "--min-fill", "0.3", "--repeat-share", str(share), "--out", f"needles/{s['name']}/needles.parquet"))
         r.step(f"pack-{s['name']}", _lwmkit(
             "pack", "--mixture", str(CONFIGS / "mixture.yaml"), "--seq-len", str(s["seq_len"]), "--stage", s["name"],
             "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"))

@@ -10,6 +10,14 @@ questions as turns, loss on the answers only (shared/LWM_FACTS.md §5) — exact
 ``lwmkit eval needle`` asks in. Haystack lengths are drawn in ``[min_fill, 1] * seq_len`` so a
 stage sees every distance up to its context, and each chat is sized to fit ``seq_len``.
 
+A share of the haystacks (``repeat_share``) can instead be *repeat* tasks: a passage (the
+book's words in random order, random numbers among them), then the request to repeat it word
+for word, the passage as the answer. Every answer token is then a copy from the context that
+no language model could predict otherwise, so these chats give the model dense practice of the
+look-back-and-copy (induction) circuit that needle retrieval needs — digits included; a needle
+answer supervises only its 7 digits. Without them a tiny model stalls for thousands of steps on a
+"right digits, wrong order" plateau (benchmarks/RESULTS.md, the long-context proof).
+
 Deterministic: the same arguments give the same rows (seeded by ``seed`` and ``seq_len``).
 """
 
@@ -26,6 +34,7 @@ from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
 
 MODEL_NAME = "lwmkit-needles"  # recorded in BOOK_CHUNK.model: these QA pairs are synthetic
 PROMPT_VERSION = "needle-v1"
+REPEAT_QUESTION = "Repeat the text above word for word."
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class NeedleDataConfig:
     chunk_tokens: int = 1000  # LWM's book chunk size
     seed: int = 0
     source: str = "needles"
+    repeat_share: float = 0.0  # share of haystacks that are repeat tasks instead of needle tasks
 
     def __post_init__(self) -> None:
         if self.seq_len < 128:
@@ -52,6 +62,8 @@ class NeedleDataConfig:
             raise ValueError(f"min_fill must lie in (0, 1], got {self.min_fill}")
         if self.chunk_tokens < 32:
             raise ValueError(f"chunk_tokens must be >= 32, got {self.chunk_tokens}")
+        if not 0.0 <= self.repeat_share <= 1.0:
+            raise ValueError(f"repeat_share must lie in [0, 1], got {self.repeat_share}")
 
 
 def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
@@ -75,9 +87,49 @@ def _chunks(hay: Haystack, document: str, chunk_tokens: int) -> list[str]:
     return out
 
 
-def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict]:
-    """The ``BOOK_CHUNK`` rows of haystack ``index``."""
+def _row(hay: Haystack, cfg: NeedleDataConfig, book_id: str, i: int, text: str, qa: list[dict]) -> dict:
+    return {"book_id": book_id, "chunk_index": i, "chunk_id": chunk_id(book_id, i), "source": cfg.source,
+            "text": text, "n_tokens": len(hay.tok.encode(text)), "text_sha256": stable_id(text, length=64),
+            "qa": qa, "model": MODEL_NAME, "prompt_version": PROMPT_VERSION, "tokenizer_id": hay.tok.id}
+
+
+def repeat_passage(hay: Haystack, rng: np.random.Generator, budget: int) -> str:
+    """About ``budget`` tokens of the book's words in random order, with random numbers
+    (1-7 digits) among them: text no language model can predict, so only copying helps."""
+    words = hay.words()
+    out: list[str] = []
+    used = 0
+    while True:
+        w = str(int(rng.integers(0, 10 ** int(rng.integers(1, 8))))) if rng.random() < 0.15 else words[int(rng.integers(0, len(words)))]
+        n = len(hay.tok.encode(w))
+        if out and used + n > budget:
+            return " ".join(out)
+        out.append(w)
+        used += n
+
+
+def repeat_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict]:
+    """A repeat task as one ``BOOK_CHUNK`` row: a passage (:func:`repeat_passage`), and a QA
+    pair asking for it verbatim. The passage fills about half the chat (it appears twice),
+    at most one chunk."""
     tok = hay.tok
+    rng = np.random.default_rng([cfg.seed, cfg.seq_len, index, 1])
+    head = 1 + len(tok.encode(f"{SYSTEM_PROMPT} {USER}"))
+    ask = len(tok.encode(f"{USER} {REPEAT_QUESTION} {ASSISTANT}")) + 1
+    fixed = head + ask + 16  # 16: slack for the tokenizer's joins
+    target = max(int(cfg.seq_len * rng.uniform(cfg.min_fill, 1.0)), fixed + 64)  # a passage of >= 32 tokens
+    budget = min(cfg.chunk_tokens, (target - fixed) // 2)
+    passage = repeat_passage(hay, rng, budget)
+    return [_row(hay, cfg, f"{cfg.source}-{cfg.seq_len}-repeat-{index:06d}", 0, passage,
+                 [{"question": REPEAT_QUESTION, "answer": passage}])]
+
+
+def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict]:
+    """The ``BOOK_CHUNK`` rows of example ``index``: a needle haystack or, for a ``repeat_share``
+    of the indices (drawn from the seed), a repeat task."""
+    tok = hay.tok
+    if cfg.repeat_share > 0 and np.random.default_rng([cfg.seed, index, 2]).random() < cfg.repeat_share:
+        return repeat_rows(hay, cfg, index)
     rng = np.random.default_rng([cfg.seed, cfg.seq_len, index])
     needles = draw_needles(rng, int(rng.integers(cfg.needles_min, cfg.needles_max + 1)))
     head = 1 + len(tok.encode(f"{SYSTEM_PROMPT} {USER}"))
@@ -101,12 +153,7 @@ def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict
     for i, text in enumerate(_chunks(hay, document, cfg.chunk_tokens)):
         asked = [n for n in needles if n.sentence in text]
         rng.shuffle(asked)  # question order is not the needles' order
-        rows.append({
-            "book_id": book_id, "chunk_index": i, "chunk_id": chunk_id(book_id, i), "source": cfg.source,
-            "text": text, "n_tokens": len(tok.encode(text)), "text_sha256": stable_id(text, length=64),
-            "qa": [{"question": n.question, "answer": n.sentence} for n in asked],
-            "model": MODEL_NAME, "prompt_version": PROMPT_VERSION, "tokenizer_id": tok.id,
-        })
+        rows.append(_row(hay, cfg, book_id, i, text, [{"question": n.question, "answer": n.sentence} for n in asked]))
     return rows
 
 

@@ -76,6 +76,13 @@ class Haystack:
         self.tok = tok
         self.counts = np.array([len(ids) for ids in tok.encode_batch(self.sentences)], dtype=np.int64)
         self.total_tokens = int(self.counts.sum())
+        self._words: list[str] | None = None
+
+    def words(self) -> list[str]:
+        """The book's distinct words (whitespace-separated, punctuation kept), in first-seen order."""
+        if self._words is None:
+            self._words = list(dict.fromkeys(w for s in self.sentences for w in s.split()))
+        return self._words
 
     def document(self, budget: int, needles: Sequence[Needle], depths: Sequence[float], start: int) -> str:
         """Sentences from index ``start`` (wrapping around the book) filling ``budget`` tokens

@@ -1,12 +1,17 @@
 """Greedy decoding with the trainer's model, from a trainer checkpoint.
 
-No KV cache: each new token is one full forward pass over a fixed ``[B, T]`` buffer (one
-compiled shape for the whole run), so the same code runs single-device (blockwise attention)
-or with the sequence sharded over a mesh's ``sp`` axis (ring attention) for contexts one
-device cannot hold. Prompts are left-padded (segment id 0 = padding, which attends only to
-padding) so every prompt ends at the same slot and positions restart at 0 on its first real
-token, as the packed training sequences do. The text head is applied to the one position
-being decoded, never to the whole sequence.
+Prompts are left-padded into a fixed ``[B, T]`` buffer (segment id 0 = padding, which
+attends only to padding) so every prompt ends at the same slot and positions restart at 0
+on its first real token, as the packed training sequences do. The text head is applied to
+the one position being decoded, never to the whole sequence. Two paths, one compiled
+``lax.while_loop`` per buffer shape each:
+
+* **KV cache** (no mesh, or a mesh without sequence sharding): one prefill pass over the
+  buffer stores every layer's K (after RoPE) and V; each new token is then one ``[B, 1]``
+  step attending to that cache (``LWMModel``'s ``kv_cache`` modes, the same params).
+* **No cache** (a mesh whose ``sp`` axis is > 1): each new token is a full forward pass over
+  the buffer sharded over ``sp`` (ring attention), for contexts one device cannot hold. A
+  cache sharded over ``sp`` is not implemented, so this path costs ``max_new`` full passes.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class LoadedModel:
     tokenizer_id: str | None
     path: str
     step: int
-    decoders: dict = field(default_factory=dict)  # compiled decoders by (mesh, max_new, eos): compile once
+    decoders: dict = field(default_factory=dict)  # compiled decoders by (mesh, max_new, eos, cached): compile once
 
 
 def load_model(path: str, mesh: Mesh | None = None) -> LoadedModel:
@@ -94,11 +99,54 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nda
     return ids, seg, pos, end
 
 
-def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
+def _put_next(params, h, ids, t, done, eos_id: int):
+    """Greedy token from hidden states ``h`` ``[B, d]`` written at slot ``t``; rows already
+    done get EOS. Returns ``(ids, done)``."""
+    kernel = params["lm_head"]["kernel"]
+    logits = jnp.einsum("bd,dv->bv", h.astype(jnp.float32), kernel.astype(jnp.float32))
+    nxt = jnp.where(done, eos_id, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    return jax.lax.dynamic_update_slice(ids, nxt[:, None], (0, t)), done | (nxt == eos_id)
+
+
+def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
+    """Prefill once, then one ``[B, 1]`` step per token against the KV cache."""
     from lwmkit.trainer.loss import build_model
 
     net = build_model(model.config, model.rope_theta, mesh)
-    kernel_path = ("lm_head", "kernel")
+    prefill, step = net.clone(kv_cache="prefill"), net.clone(kv_cache="step")
+
+    def run(params, ids, seg, pos, end):
+        b = ids.shape[0]
+        hidden, cache = prefill.apply({"params": params}, ids, jnp.zeros(ids.shape, bool), pos, seg,
+                                      mutable=["cache"])
+        h = jax.lax.dynamic_index_in_dim(hidden, end - 1, axis=1, keepdims=False)
+        ids, done = _put_next(params, h, ids, end, jnp.zeros((b,), bool), eos_id)
+
+        def cond(state):
+            t, _, done, _ = state
+            return (t + 1 < end + max_new) & ~jnp.all(done)
+
+        def body(state):  # the token at slot t goes in; the one for slot t + 1 comes out
+            t, ids, done, cache = state
+            tok = jax.lax.dynamic_slice_in_dim(ids, t, 1, axis=1)
+            p = jax.lax.dynamic_slice_in_dim(pos, t, 1, axis=1)
+            hidden, cache = step.apply({"params": params, **cache}, tok, jnp.zeros(tok.shape, bool), p, seg,
+                                       t[None], mutable=["cache"])
+            ids, done = _put_next(params, hidden[:, 0], ids, t + 1, done, eos_id)
+            return t + 1, ids, done, cache
+
+        _, ids, _, _ = jax.lax.while_loop(cond, body, (end, ids, done, cache))
+        return ids
+
+    # Params placed by load_model (sharded if a mesh was given) are committed: jit follows them.
+    return jax.jit(run)
+
+
+def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
+    """No cache: a full forward pass over the ``sp``-sharded buffer per new token."""
+    from lwmkit.trainer.loss import build_model
+
+    net = build_model(model.config, model.rope_theta, mesh)
 
     def run(params, ids, seg, pos, end):
         b = ids.shape[0]
@@ -112,12 +160,8 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
             t, ids, done = state
             hidden = net.apply({"params": params}, ids, vision, pos, seg)
             h = jax.lax.dynamic_index_in_dim(hidden, t - 1, axis=1, keepdims=False)  # [B, d]
-            kernel = params[kernel_path[0]][kernel_path[1]]
-            logits = jnp.einsum("bd,dv->bv", h.astype(jnp.float32), kernel.astype(jnp.float32))
-            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            nxt = jnp.where(done, eos_id, nxt)
-            ids = jax.lax.dynamic_update_slice(ids, nxt[:, None], (0, t))
-            return t + 1, ids, done | (nxt == eos_id)
+            ids, done = _put_next(params, h, ids, t, done, eos_id)
+            return t + 1, ids, done
 
         _, ids, _ = jax.lax.while_loop(cond, body, (end, ids, jnp.zeros((b,), bool)))
         return ids
@@ -132,10 +176,13 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
 
 
 def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: int, eos_id: int, pad_id: int = 0,
-                    mesh: Mesh | None = None, block: int = 128) -> list[list[int]]:
+                    mesh: Mesh | None = None, block: int = 128, kv_cache: bool = True) -> list[list[int]]:
     """Greedy continuations (up to ``max_new`` tokens, cut after EOS) of each prompt.
 
-    With ``mesh`` the buffer is sharded over its ``sp`` axis and attention is ring attention.
+    Decodes with a KV cache unless ``mesh`` has an ``sp`` axis > 1: then the buffer is sharded
+    over ``sp``, attention is ring attention and every token is a full pass (no sharded
+    cache). ``kv_cache=False`` forces the uncached path (the reference the cache is tested
+    against).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -143,9 +190,10 @@ def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: in
     end = max(len(p) for p in prompts)
     length = _buffer_length(end, max_new, sp * block if end + max_new > block else sp)
     ids, seg, pos, end = left_pad(prompts, length, pad_id)
-    key = (id(mesh), max_new, eos_id)
+    cached = kv_cache and sp == 1
+    key = (id(mesh), max_new, eos_id, cached)
     if key not in model.decoders:
-        model.decoders[key] = _decoder(model, mesh, max_new, eos_id)
+        model.decoders[key] = (_cached_decoder if cached else _decoder)(model, mesh, max_new, eos_id)
     fn = model.decoders[key]
     out = np.asarray(jax.device_get(fn(model.params, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos),
                                        jnp.int32(end))))

@@ -11,9 +11,14 @@ learning rate of text-only steps), and a batch with no loss-bearing target at al
 
 The heads run over chunks of ``config.loss_chunk`` positions inside a rematerialised scan, so
 neither the forward nor the backward pass holds more than ``[B, chunk, V]`` logits per
-sequence shard — a 1M-token sequence never materialises full logits. Both heads are evaluated
-on every position of a chunk and the mask picks one (dynamic compaction does not jit);
-``trainer/flops.py`` counts both.
+sequence shard — a 1M-token sequence never materialises full logits. A head runs only on
+chunks holding at least one loss-bearing target of its modality (``lax.cond``; a skipped
+chunk's sums are exactly zero, so the result is unchanged): data with loss on few tokens —
+LWM's book-QA chats, needle haystacks with the answer at the end — skip most of the text
+head's work. Without a sequence mesh the chunks are taken per batch row, so one row's
+answer does not make every row compute that chunk. Within a chunk, both heads are evaluated
+on every position and the mask picks one (dynamic compaction does not jit);
+``trainer/flops.py`` counts both on every position (an upper bound).
 """
 
 from __future__ import annotations
@@ -74,24 +79,28 @@ def head_sums(params: dict[str, Any], hidden: jax.Array, batch: dict[str, jax.Ar
     chunk = _divisor_at_most(per, config.loss_chunk)
     nc = per // chunk
 
-    def split(x):  # [B, L, ...] -> [nc, B, n_shards, chunk, ...]
+    def split(x):  # [B, L, ...] -> [nc, B, n_shards, chunk, ...] (unsharded: [B * nc, 1, 1, chunk, ...])
         x = x.reshape(b, n_shards, nc, chunk, *x.shape[2:])
+        if n_shards == 1:  # rows are independent chunks: skip per row, not per batch-wide slice
+            return x.reshape(b * nc, 1, 1, chunk, *x.shape[4:])
         return jnp.moveaxis(x, 2, 0)
 
     dtype = compute_dtype(config)
     has_vision = config.vision_vocab_size > 0
 
+    zeros = {k: jnp.zeros((), F32) for k in _SUMS}
+
+    def head(kernel, h, tgt, w):  # a chunk without loss-bearing targets costs nothing
+        return jax.lax.cond(jnp.any(w != 0), lambda: _head_ce(h, kernel, tgt, w, dtype), lambda: zeros)
+
     @jax.checkpoint  # recompute the chunk's logits in the backward pass instead of storing them
     def body(acc, xs):
         h, tgt, w, tvm = xs
-        text = _head_ce(h, params["lm_head"]["kernel"], jnp.where(tvm, 0, tgt), jnp.where(tvm, 0.0, w), dtype)
-        out = {"text": text}
+        out = {"text": head(params["lm_head"]["kernel"], h, jnp.where(tvm, 0, tgt), jnp.where(tvm, 0.0, w))}
         if has_vision:
-            out["vision"] = _head_ce(h, params["vision_head"]["kernel"], jnp.where(tvm, tgt, 0),
-                                     jnp.where(tvm, w, 0.0), dtype)
+            out["vision"] = head(params["vision_head"]["kernel"], h, jnp.where(tvm, tgt, 0), jnp.where(tvm, w, 0.0))
         return jax.tree_util.tree_map(jnp.add, acc, out), None
 
-    zeros = {k: jnp.zeros((), F32) for k in _SUMS}
     acc0 = {"text": zeros, **({"vision": zeros} if has_vision else {})}
     xs = (split(hidden), split(batch["target_ids"]), split(batch["loss_weights"].astype(F32)),
           split(batch["target_vision_mask"]))

@@ -44,11 +44,12 @@ import numpy as np
 from jax import lax
 
 from lwmkit.schemas.training import ModelConfig
-from lwmkit.trainer.ring_attention import ring_attention
+from lwmkit.trainer.ring_attention import ring_attention, tile_mask
 
 F32 = jnp.float32
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 Constrain = Callable[[jax.Array, str], jax.Array]
+KV_CACHE_MODES = ("none", "prefill", "step")
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -108,11 +109,35 @@ class Embed(nn.Module):
         return jnp.take(table, ids, axis=0)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_seg: jax.Array, k_seg: jax.Array,
+                     slot: jax.Array) -> jax.Array:
+    """One query per row against a KV cache: plain masked softmax in fp32.
+
+    q ``[B, 1, H, D]`` sits at slot ``slot``; k/v ``[B, T, Hk, D]`` (RoPE already applied);
+    q_seg ``[B, 1]``, k_seg ``[B, T]``. The mask is the kernels' own rule (``tile_mask``):
+    same non-padding segment, key slot not after the query's, so unwritten slots stay unseen.
+    """
+    b, _, hq, d = q.shape
+    hk = k.shape[2]
+    qg = q.astype(F32).reshape(b, hk, hq // hk, d)  # query head j reads kv head j // group
+    s = jnp.einsum("bhgd,bkhd->bhgk", qg, k.astype(F32)) / np.float32(np.sqrt(d))
+    mask = tile_mask(slot[None], jnp.arange(k.shape[1]), q_seg, k_seg, causal=True)[:, 0]  # [B, T]
+    p = jax.nn.softmax(jnp.where(mask[:, None, None], s, -jnp.inf), axis=-1)
+    out = jnp.einsum("bhgk,bkhd->bhgd", p, v.astype(F32))
+    return out.reshape(b, 1, hq, d).astype(q.dtype)
+
+
 class Attention(nn.Module):
+    """Self-attention. ``kv_cache`` (decoding only, see :meth:`LWMModel.__call__`): ``"prefill"``
+    runs as usual and stores every slot's K (after RoPE) and V in the ``cache`` collection;
+    ``"step"`` takes one token per row, writes its K/V at slot ``token_index[0]`` of that
+    cache and attends over it with :func:`cached_attention`."""
+
     config: ModelConfig
     attention: AttentionFn
     rope_theta: float
     constrain: Constrain = _no_constraint
+    kv_cache: str = "none"
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, token_index):
@@ -123,8 +148,23 @@ class Attention(nn.Module):
         v = _dense(c, c.kv_heads * c.head_dim, "wv")(x).reshape(b, L, c.kv_heads, c.head_dim)
         q = self.constrain(apply_rope(q, positions, self.rope_theta), "heads")
         k = self.constrain(apply_rope(k, positions, self.rope_theta), "heads")
-        out = self.attention(q, k, v, segment_ids, token_index)
+        if self.kv_cache == "step":
+            out = self._step(q, k, v, segment_ids, token_index[0])
+        else:
+            out = self.attention(q, k, v, segment_ids, token_index)
+            if self.kv_cache == "prefill":
+                self.put_variable("cache", "k", k)
+                self.put_variable("cache", "v", v)
         return _dense(c, c.d_model, "wo")(out.reshape(b, L, c.n_heads * c.head_dim))
+
+    def _step(self, q, k, v, key_segment_ids, slot):
+        if not self.has_variable("cache", "k"):
+            raise ValueError("kv_cache='step' needs the cache a kv_cache='prefill' call returned")
+        cache_k, cache_v = self.variable("cache", "k"), self.variable("cache", "v")
+        cache_k.value = lax.dynamic_update_slice_in_dim(cache_k.value, k.astype(cache_k.value.dtype), slot, axis=1)
+        cache_v.value = lax.dynamic_update_slice_in_dim(cache_v.value, v.astype(cache_v.value.dtype), slot, axis=1)
+        q_seg = lax.dynamic_slice_in_dim(key_segment_ids, slot, 1, axis=1)
+        return cached_attention(q, cache_k.value, cache_v.value, q_seg, key_segment_ids, slot)
 
 
 class FeedForward(nn.Module):
@@ -143,12 +183,13 @@ class Block(nn.Module):
     attention: AttentionFn
     rope_theta: float
     constrain: Constrain = _no_constraint
+    kv_cache: str = "none"
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, token_index):
         c, dt = self.config, compute_dtype(self.config)
         h = RMSNorm(c.norm_eps, dt, name="attention_norm")(x)
-        x = x + Attention(c, self.attention, self.rope_theta, self.constrain, name="attention")(
+        x = x + Attention(c, self.attention, self.rope_theta, self.constrain, self.kv_cache, name="attention")(
             h, positions, segment_ids, token_index)
         h = RMSNorm(c.norm_eps, dt, name="ffn_norm")(x)
         x = x + FeedForward(c, self.constrain, name="feed_forward")(h)
@@ -163,9 +204,9 @@ class ScannedBlock(Block):
         return super().__call__(x, positions, segment_ids, token_index), None
 
 
-def _block_class(config: ModelConfig, scanned: bool) -> type[nn.Module]:
+def _block_class(config: ModelConfig, scanned: bool, kv_cache: str = "none") -> type[nn.Module]:
     cls: Any = ScannedBlock if scanned else Block
-    if config.remat != "none":
+    if config.remat != "none" and kv_cache == "none":  # decoding keeps no activations for a backward pass
         cls = nn.remat(cls, policy=_REMAT[config.remat], prevent_cse=not scanned)
     return cls
 
@@ -177,12 +218,13 @@ class BlockStack(nn.Module):
     attention: AttentionFn
     rope_theta: float
     constrain: Constrain = _no_constraint
+    kv_cache: str = "none"
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, token_index):
-        cls = _block_class(self.config, False)
+        cls = _block_class(self.config, False, self.kv_cache)
         for i in range(self.config.n_layers):
-            x = cls(self.config, self.attention, self.rope_theta, self.constrain, name=str(i))(
+            x = cls(self.config, self.attention, self.rope_theta, self.constrain, self.kv_cache, name=str(i))(
                 x, positions, segment_ids, token_index)
         return x
 
@@ -192,6 +234,7 @@ class Transformer(nn.Module):
     attention: AttentionFn
     rope_theta: float
     constrain: Constrain = _no_constraint
+    kv_cache: str = "none"
 
     @nn.compact
     def __call__(self, input_ids, vision_mask, positions, segment_ids, token_index):
@@ -201,9 +244,10 @@ class Transformer(nn.Module):
             xv = Embed(c.vision_vocab_size, c, self.constrain, name="vte")(jnp.where(vision_mask, input_ids, 0))
             x = jnp.where(vision_mask[..., None], xv, x)
         x = self.constrain(x, "hidden")
-        args = (self.config, self.attention, self.rope_theta, self.constrain)
-        if c.scan_layers:
-            stack = nn.scan(_block_class(c, True), variable_axes={"params": 0}, split_rngs={"params": True},
+        args = (self.config, self.attention, self.rope_theta, self.constrain, self.kv_cache)
+        if c.scan_layers:  # the KV cache, like the params, gets a leading [n_layers] axis
+            stack = nn.scan(_block_class(c, True, self.kv_cache), variable_axes={"params": 0, "cache": 0},
+                            split_rngs={"params": True},
                             in_axes=(nn.broadcast,) * 3, length=c.n_layers)
             x, _ = stack(*args, name="h")(x, positions, segment_ids, token_index)
         else:
@@ -218,18 +262,29 @@ class LWMModel(nn.Module):
     segment_ids (0 = padding), and token_index ``[L]`` (original order of the slots when
     the batch is permuted for load balancing; ``None`` = ``arange(L)``). The heads are
     applied by :meth:`logits` (short sequences) or chunked in ``trainer/loss.py``.
+
+    KV-cached decoding (same params, nothing recomputed): ``kv_cache="prefill"`` is an ordinary
+    call over the whole ``[B, T]`` buffer applied with ``mutable=["cache"]``; it returns the
+    cache (per layer K after RoPE and V, ``[B, T, kv_heads, head_dim]``). ``kv_cache="step"``
+    is applied with that cache (``mutable=["cache"]``) to ONE token per row: input_ids,
+    vision_mask, positions ``[B, 1]``, segment_ids the buffer's ``[B, T]`` (the keys'),
+    token_index ``[1]`` = the slot being written; it returns that slot's hidden state and
+    the updated cache.
     """
 
     config: ModelConfig
     rope_theta: float = 10000.0
     attention: AttentionFn | None = None  # None = single-device blockwise attention
     constrain: Constrain = _no_constraint
+    kv_cache: str = "none"  # "none" | "prefill" | "step" (decoding only)
 
     def setup(self) -> None:
         c = self.config
+        if self.kv_cache not in KV_CACHE_MODES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {self.kv_cache!r}")
         attention = self.attention or partial(
             ring_attention, mesh=None, causal=True, block_q=c.attention_block, block_k=c.attention_block)
-        self.transformer = Transformer(c, attention, self.rope_theta, self.constrain)
+        self.transformer = Transformer(c, attention, self.rope_theta, self.constrain, self.kv_cache)
         self.lm_head = _dense(c, c.text_vocab_size, "lm_head")
         if c.vision_vocab_size:
             self.vision_head = _dense(c, c.vision_vocab_size, "vision_head")

@@ -17,6 +17,7 @@ def needle_data(
     tokenizer: str = typer.Option(None, "--tokenizer", help="SentencePiece .model (default: the shipped one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of needles, depths and haystack offsets."),
     source: str = typer.Option("needles", "--source", help="Source name recorded in every row."),
+    repeat_share: float = typer.Option(0.0, "--repeat-share", help="Share of examples that are repeat-the-passage tasks (dense copy practice) instead of needles."),
 ) -> None:
     """Write haystacks with needles as book chunks whose QA pairs ask for them.
 
@@ -29,7 +30,8 @@ def needle_data(
     from lwmkit.tokenizers.text import TextTokenizer
 
     try:
-        cfg = NeedleDataConfig(seq_len, examples, needles_min, needles_max, min_fill, chunk_tokens, seed, source)
+        cfg = NeedleDataConfig(seq_len, examples, needles_min, needles_max, min_fill, chunk_tokens, seed, source,
+                                repeat_share)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if book is None:
@@ -41,7 +43,7 @@ def needle_data(
     with fsspec.open(book, "r", encoding="utf-8", errors="replace") as f:
         text = f.read()
     n = write_needle_data(text, out, cfg, TextTokenizer.load(tokenizer))
-    step(f"needle-data: {examples} haystacks ({n} chunks) for seq_len {seq_len} -> {out}")
+    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}) for seq_len {seq_len} -> {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lwmkit.pipelines.formatting import book_chat_examples
-from lwmkit.pipelines.needle_data import NeedleDataConfig, haystack_rows, write_needle_data
+from lwmkit.pipelines.needle_data import REPEAT_QUESTION, NeedleDataConfig, haystack_rows, write_needle_data
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.needle_text import Haystack
@@ -58,7 +58,30 @@ def test_write_is_deterministic_and_valid(tmp_path: Path, botchan: str, tok: Tex
     assert np.ptp(lengths) > 0  # haystack lengths vary within the stage
 
 
+@pytest.mark.parametrize("seq_len", [256, 4096])
+def test_repeat_tasks_copy_their_passage_within_seq_len(botchan: str, tok: TextTokenizer, seq_len: int):
+    hay = Haystack(botchan, tok)
+    cfg = NeedleDataConfig(seq_len=seq_len, examples=40, needles_max=1, repeat_share=0.5, seed=3)
+    source = SourceConfig(name="needles", kind="book_qa_chat", path="x", weight=1.0)
+    kinds = []
+    for i in range(cfg.examples):
+        rows = haystack_rows(hay, cfg, i)
+        repeat = any(p["question"] == REPEAT_QUESTION for r in rows for p in r["qa"])
+        kinds.append(repeat)
+        (ex,) = book_chat_examples(source, rows, tok, seq_len)
+        assert ex.n_tokens <= seq_len
+        if repeat:
+            (row,) = rows
+            assert row["qa"][0]["answer"] == row["text"] and "/repeat-" not in row["book_id"]
+            # the loss-bearing tokens are the passage, token for token, then EOS
+            assert ex.ids[ex.loss].tolist() == [*tok.encode(row["text"]), tok.eos_id]
+            assert row["n_tokens"] > 0
+    assert 10 <= sum(kinds) <= 30  # about half, drawn per example from the seed
+
+
 def test_config_is_validated():
+    with pytest.raises(ValueError, match="repeat_share"):
+        NeedleDataConfig(seq_len=512, examples=1, repeat_share=1.5)
     with pytest.raises(ValueError, match="needles_min"):
         NeedleDataConfig(seq_len=512, examples=1, needles_min=3, needles_max=2)
     with pytest.raises(ValueError, match="seq_len"):

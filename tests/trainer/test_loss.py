@@ -86,6 +86,36 @@ def test_chunk_size_does_not_change_loss_or_grads(params):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def naive_jax_loss(params, batch):
+    """Full logits in JAX (no chunks, nothing skipped), the same combination: a gradient reference."""
+    text, vision = LWMModel(CFG, 1e4).apply(
+        {"params": params}, batch["input_ids"], batch["vision_mask"], batch["positions"], batch["segment_ids"],
+        method=LWMModel.logits)
+    means = []
+    for logits, sel in ((text, ~batch["target_vision_mask"]), (vision, batch["target_vision_mask"])):
+        logits = logits.astype(jnp.float32)
+        ce = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, jnp.where(sel, batch["target_ids"], 0)[..., None], -1)[..., 0]
+        w = jnp.where(sel, batch["loss_weights"], 0.0)
+        if float(w.sum()) > 0:
+            means.append((w * ce).sum() / w.sum())
+    return sum(means) / len(means)
+
+
+def test_chunks_without_loss_are_skipped_exactly(params):
+    """Loss on a few tokens only (answers at the end of a chat): chunks without them skip the
+    heads, and loss and gradients equal the full computation."""
+    w = np.zeros((B, L), np.float32)
+    w[0, 5:8] = 1.0  # row 0: loss in chunk 0 only (text)
+    w[1, 17:23] = [0.5, 1.0, 1.0, 1.0, 1.0, 0.25]  # row 1: loss in chunk 2 only (vision and text)
+    batch = {**packed_batch(4), "loss_weights": jnp.asarray(w)}
+    (loss, m), grads = loss_and_grads(params, batch)
+    want, want_grads = jax.value_and_grad(naive_jax_loss)(params, batch)
+    assert float(m["text_tokens"]) + float(m["vision_tokens"]) == 9
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
 def test_absent_modality_gives_the_other_modality_loss(params):
     batch = packed_batch(2, vision=False)
     loss, m = loss_fn(params, batch)
