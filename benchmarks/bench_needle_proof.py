@@ -42,10 +42,12 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="30000,2000,1200", help="Needle haystacks per stage, comma-separated.")
+    ap.add_argument("--examples", default="30000,2000,1200,600", help="Needle haystacks per stage, comma-separated.")
     ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
-    ap.add_argument("--repeat-share", default="0.5,0.2,0.2",
+    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2",
                     help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
+    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9",
+                    help="Shortest haystack as a share of the stage length, per stage, comma-separated.")
     ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
     ap.add_argument("--trials", type=int, default=20, help="Haystacks per eval cell.")
@@ -63,14 +65,15 @@ def main() -> None:
     stages, ckpt_dir = _plan(train_yaml, overrides)
     examples = [int(x) for x in args.examples.split(",")]
     repeat = [float(x) for x in args.repeat_share.split(",")]
-    if len(examples) != len(stages) or len(repeat) != len(stages):
-        sys.exit(f"--examples and --repeat-share need one value per stage ({len(stages)})")
+    fills = [float(x) for x in args.min_fill.split(",")]
+    if not len(examples) == len(repeat) == len(fills) == len(stages):
+        sys.exit(f"--examples, --repeat-share and --min-fill need one value per stage ({len(stages)})")
     r = Runner(out)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    for s, n, share in zip(stages, examples, repeat, strict=True):
+    for s, n, share, fill in zip(stages, examples, repeat, fills, strict=True):
         r.step(f"needle-data-{s['name']}", _lwmkit(
             "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(args.needles_max),
-            "--min-fill", "0.3", "--repeat-share", str(share), "--out", f"needles/{s['name']}/needles.parquet"))
+            "--min-fill", str(fill), "--repeat-share", str(share), "--out", f"needles/{s['name']}/needles.parquet"))
         r.step(f"pack-{s['name']}", _lwmkit(
             "pack", "--mixture", str(CONFIGS / "mixture.yaml"), "--seq-len", str(s["seq_len"]), "--stage", s["name"],
             "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"))
