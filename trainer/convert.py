@@ -22,6 +22,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lwmkit.schemas import ContractError, ModelConfig
 
@@ -29,23 +30,13 @@ VISION_KEYS = ("transformer/vte/embedding", "vision_head/kernel")
 Tree = dict[str, Any]
 
 
-def flatten(tree: Tree, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        out.update(flatten(v, path) if isinstance(v, dict) else {path: v})
-    return out
+def flatten(tree: Tree) -> dict[str, Any]:
+    """``{"a/b": leaf}`` paths of a nested param dict (flax's own helper, ``/``-joined)."""
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def unflatten(flat: dict[str, Any]) -> Tree:
-    tree: Tree = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def missing_vision(stored: Tree, want: Tree) -> list[str]:
