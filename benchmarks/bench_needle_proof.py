@@ -42,12 +42,14 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="30000,2000,1200,600", help="Needle haystacks per stage, comma-separated.")
+    ap.add_argument("--examples", default="30000,2000,1200,600,1200", help="Needle haystacks per stage, comma-separated.")
     ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
-    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2",
+    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2",
                     help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
-    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9",
+    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3",
                     help="Shortest haystack as a share of the stage length, per stage, comma-separated.")
+    ap.add_argument("--far-share", default="0,0,0,0,0.4",
+                    help="Share of needle haystacks that are far needles (context-filling, needle near the start), per stage.")
     ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
     ap.add_argument("--trials", type=int, default=20, help="Haystacks per eval cell.")
@@ -66,14 +68,15 @@ def main() -> None:
     examples = [int(x) for x in args.examples.split(",")]
     repeat = [float(x) for x in args.repeat_share.split(",")]
     fills = [float(x) for x in args.min_fill.split(",")]
-    if not len(examples) == len(repeat) == len(fills) == len(stages):
-        sys.exit(f"--examples, --repeat-share and --min-fill need one value per stage ({len(stages)})")
+    fars = [float(x) for x in args.far_share.split(",")]
+    if not len(examples) == len(repeat) == len(fills) == len(fars) == len(stages):
+        sys.exit(f"--examples, --repeat-share, --min-fill and --far-share need one value per stage ({len(stages)})")
     r = Runner(out)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    for s, n, share, fill in zip(stages, examples, repeat, fills, strict=True):
+    for s, n, share, fill, far in zip(stages, examples, repeat, fills, fars, strict=True):
         r.step(f"needle-data-{s['name']}", _lwmkit(
             "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(args.needles_max),
-            "--min-fill", str(fill), "--repeat-share", str(share), "--out", f"needles/{s['name']}/needles.parquet"))
+            "--min-fill", str(fill), "--repeat-share", str(share), "--far-share", str(far), "--out", f"needles/{s['name']}/needles.parquet"))
         r.step(f"pack-{s['name']}", _lwmkit(
             "pack", "--mixture", str(CONFIGS / "mixture.yaml"), "--seq-len", str(s["seq_len"]), "--stage", s["name"],
             "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"))

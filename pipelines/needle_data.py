@@ -18,6 +18,12 @@ look-back-and-copy (induction) circuit that needle retrieval needs — digits in
 answer supervises only its 7 digits. Without them a tiny model stalls for thousands of steps on a
 "right digits, wrong order" plateau (benchmarks/RESULTS.md, the long-context proof).
 
+A share of the needle haystacks (``far_share``) can be *far* needles: the haystack fills the
+stage (``[FAR_FILL, 1] * seq_len``) and the needle sits in its first ``FAR_DEPTH``, so the
+question lies nearly ``seq_len`` tokens after it. Uniform lengths and depths put few needles at
+those distances, and a model trained only on them fails at the edge of its context (at 4K,
+depth 0 %: benchmarks/RESULTS.md, the long-context proof).
+
 Deterministic: the same arguments give the same rows (seeded by ``seed`` and ``seq_len``).
 """
 
@@ -35,6 +41,8 @@ from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
 MODEL_NAME = "lwmkit-needles"  # recorded in BOOK_CHUNK.model: these QA pairs are synthetic
 PROMPT_VERSION = "needle-v1"
 REPEAT_QUESTION = "Repeat the text above word for word."
+FAR_FILL = 0.95  # a far needle's haystack fills at least this share of seq_len ...
+FAR_DEPTH = 0.15  # ... and the needle sits in its first FAR_DEPTH
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class NeedleDataConfig:
     seed: int = 0
     source: str = "needles"
     repeat_share: float = 0.0  # share of haystacks that are repeat tasks instead of needle tasks
+    far_share: float = 0.0  # share of needle haystacks that are far needles (module docstring)
 
     def __post_init__(self) -> None:
         if self.seq_len < 128:
@@ -64,6 +73,8 @@ class NeedleDataConfig:
             raise ValueError(f"chunk_tokens must be >= 32, got {self.chunk_tokens}")
         if not 0.0 <= self.repeat_share <= 1.0:
             raise ValueError(f"repeat_share must lie in [0, 1], got {self.repeat_share}")
+        if not 0.0 <= self.far_share <= 1.0:
+            raise ValueError(f"far_share must lie in [0, 1], got {self.far_share}")
 
 
 def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
@@ -141,11 +152,13 @@ def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict
         needles = needles[:-1]  # a short stage holds fewer needles: every question must fit
     if fixed(needles) + 48 > cfg.seq_len:
         raise ValueError(f"seq_len {cfg.seq_len} cannot hold a haystack with a needle and its question")
+    far = cfg.far_share > 0 and np.random.default_rng([cfg.seed, index, 3]).random() < cfg.far_share
     floor = fixed(needles) + 128  # prefer some haystack around the needles
-    target = min(cfg.seq_len, max(floor, int(cfg.seq_len * rng.uniform(cfg.min_fill, 1.0))))
+    fill = rng.uniform(max(cfg.min_fill, FAR_FILL), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)
+    target = min(cfg.seq_len, max(floor, int(cfg.seq_len * fill)))
     # Slack for the tokenizer's joins and chunk splits: the chat must never overflow seq_len.
     budget = target - head - _qa_cost(tok, needles) - 16 - 2 * (target // cfg.chunk_tokens + 1)
-    depths = rng.uniform(0.0, 1.0, size=len(needles))
+    depths = rng.uniform(0.0, FAR_DEPTH if far else 1.0, size=len(needles))
     start = int(rng.integers(0, len(hay.sentences)))
     document = hay.document(max(budget, 32), needles, list(depths), start)
     book_id = f"{cfg.source}-{cfg.seq_len}-{index:06d}"

@@ -18,6 +18,7 @@ def needle_data(
     seed: int = typer.Option(0, "--seed", help="Seed of needles, depths and haystack offsets."),
     source: str = typer.Option("needles", "--source", help="Source name recorded in every row."),
     repeat_share: float = typer.Option(0.0, "--repeat-share", help="Share of examples that are repeat-the-passage tasks (dense copy practice) instead of needles."),
+    far_share: float = typer.Option(0.0, "--far-share", help="Share of needle haystacks that fill the context with the needle in its first 15% (the longest distances; uniform depths rarely give them)."),
 ) -> None:
     """Write haystacks with needles as book chunks whose QA pairs ask for them.
 
@@ -31,7 +32,7 @@ def needle_data(
 
     try:
         cfg = NeedleDataConfig(seq_len, examples, needles_min, needles_max, min_fill, chunk_tokens, seed, source,
-                                repeat_share)
+                                repeat_share, far_share)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if book is None:
@@ -43,7 +44,7 @@ def needle_data(
     with fsspec.open(book, "r", encoding="utf-8", errors="replace") as f:
         text = f.read()
     n = write_needle_data(text, out, cfg, TextTokenizer.load(tokenizer))
-    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}) for seq_len {seq_len} -> {out}")
+    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}, far share {far_share:g}) for seq_len {seq_len} -> {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -79,7 +79,38 @@ def test_repeat_tasks_copy_their_passage_within_seq_len(botchan: str, tok: TextT
     assert 10 <= sum(kinds) <= 30  # about half, drawn per example from the seed
 
 
+def test_far_needles_fill_the_context_and_sit_near_its_start(botchan: str, tok: TextTokenizer):
+    seq_len = 2048
+    hay = Haystack(botchan, tok)
+    source = SourceConfig(name="needles", kind="book_qa_chat", path="x", weight=1.0)
+    near = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=1, seed=5)
+    far = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=1, seed=5, far_share=1.0)
+    distances = {}
+    for name, cfg in (("near", near), ("far", far)):
+        distances[name] = []
+        for i in range(cfg.examples):
+            rows = haystack_rows(hay, cfg, i)
+            (ex,) = book_chat_examples(source, rows, tok, seq_len)
+            assert ex.n_tokens <= seq_len
+            (needle,) = [p["answer"] for r in rows for p in r["qa"]]
+            ids = ex.ids.tolist()
+            digits = tok.encode(needle.split(": ")[1])
+            at = next(j for j in range(len(ids)) if ids[j:j + len(digits)] == digits)  # in the haystack
+            question = int(np.flatnonzero(ex.loss)[0])  # the answer starts right after the question
+            distances[name].append(question - at)
+            if name == "far":
+                assert ex.n_tokens >= 0.9 * seq_len
+                assert question - at >= 0.75 * seq_len
+    # far needles are what uniform depths and lengths rarely give: the longest distances
+    assert min(distances["far"]) > np.median(distances["near"])
+    # far_share 0 leaves the data as it was
+    assert haystack_rows(hay, near, 3) == haystack_rows(hay, NeedleDataConfig(seq_len=seq_len, examples=12,
+                                                                             needles_max=1, seed=5, far_share=0.0), 3)
+
+
 def test_config_is_validated():
+    with pytest.raises(ValueError, match="far_share"):
+        NeedleDataConfig(seq_len=512, examples=1, far_share=-0.1)
     with pytest.raises(ValueError, match="repeat_share"):
         NeedleDataConfig(seq_len=512, examples=1, repeat_share=1.5)
     with pytest.raises(ValueError, match="needles_min"):
