@@ -26,7 +26,10 @@ from pathlib import Path
 from lwmkit.progress import step as say
 from lwmkit.progress import warn
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "demo"
+# The demo's configs: lwmkit/configs/demo in a wheel, configs/demo in a source checkout.
+CONFIG_DIR = next((d for d in (Path(__file__).resolve().parent / "configs" / "demo",
+                                 Path(__file__).resolve().parent.parent / "configs" / "demo") if d.is_dir()),
+                  Path(__file__).resolve().parent.parent / "configs" / "demo")
 # Captions for the sample clips (the vision job takes captions from an input manifest).
 CAPTIONS = {
     "bigbuckbunny": "An animated big white rabbit stands in a green meadow under a tree.",
@@ -68,12 +71,6 @@ SIZES = {
         "smallest", fps=1.0, max_frames=2, book_chars=3000, chunk_tokens=400, qa_pairs=1,
         stages=(StageSpec("s512", 512, 96), StageSpec("s1k", 1024, 48)),
         eval_lengths=(256, 512, 1024), eval_depths=(0, 50, 100), eval_trials=2, devices=2),
-    "proof": DemoSize(
-        "proof", fps=1.0, max_frames=4, book_chars=40000, chunk_tokens=1000, qa_pairs=2,
-        stages=(StageSpec("s512", 512, 3000, ("total_tokens=2097152",)),
-                StageSpec("s2k", 2048, 800, ("total_tokens=1048576", "sources.0.max_frames=4")),
-                StageSpec("s4k", 4096, 300, ("total_tokens=1048576", "sources.0.max_frames=4"))),
-        eval_lengths=(512, 1024, 2048, 4096), eval_depths=(0, 25, 50, 75, 100), eval_trials=4, devices=4),
 }
 
 
@@ -208,7 +205,7 @@ def _stage_steps(r: Runner, size: DemoSize) -> None:
 def run_demo(out: Path, size: DemoSize) -> DemoResult:
     """Run (or resume) the whole demo in ``out``; returns what it made."""
     if not size.train_config.exists():
-        raise DemoFailed(f"{size.train_config} is missing: run the demo from a checkout of lwmkit")
+        raise DemoFailed(f"{size.train_config} is missing: lwmkit is installed without its configs (reinstall it, or run from a checkout)")
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "demo.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("size") != size.name:

@@ -34,6 +34,9 @@ def test_wheel_has_only_the_lwmkit_namespace(wheel):
     for sub in ("schemas", "tokenizers", "pipelines", "trainer"):
         assert f"lwmkit/{sub}/__init__.py" in names
     assert "lwmkit/tokenizers/data/lwmkit-botchan-bpe8k.model" in names
+    # the demo and the proof run from a wheel: their configs ship inside lwmkit/
+    for cfg in ("demo/train-smallest.yaml", "demo/mixture.yaml", "longctx-proof/train.yaml"):
+        assert f"lwmkit/configs/{cfg}" in names
     assert not any(n.startswith("lwmkit/tests") or "/tests/" in n for n in names)
 
 
@@ -45,14 +48,17 @@ def test_wheel_installs_beside_hugging_face_tokenizers(wheel, tmp_path):
     py = env_dir / "bin" / "python"
     target = env_dir / "wheel-site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    site = str(target)
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {site!r})\n"
         "import tokenizers, lwmkit, lwmkit.tokenizers.text as t, lwmkit.schemas\n"
         "assert hasattr(tokenizers, 'Tokenizer'), tokenizers.__file__\n"
-        "assert lwmkit.__file__.startswith(%r), lwmkit.__file__\n"
+        f"assert lwmkit.__file__.startswith({site!r}), lwmkit.__file__\n"
         "tok = t.TextTokenizer.load(); assert tok.decode(tok.encode('hello world')) == 'hello world'\n"
+        "import lwmkit.demo as d; assert (d.CONFIG_DIR / 'train-smallest.yaml').is_file(), d.CONFIG_DIR\n"
+        f"assert str(d.CONFIG_DIR).startswith({site!r}), d.CONFIG_DIR\n"
         "print('ok')\n"
-    ) % (str(target), str(target))
+    )
     proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 

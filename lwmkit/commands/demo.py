@@ -9,7 +9,7 @@ import typer
 
 def demo(
     out: str = typer.Option("lwmkit-demo", "--out", help="Output folder (a re-run resumes it)."),
-    size: str = typer.Option("smallest", "--size", help="smallest (a few minutes on 2 cores) or proof (larger: longer stages)."),
+    size: str = typer.Option("smallest", "--size", help="smallest: a few minutes on 2 cores (the long-context proof is benchmarks/bench_needle_proof.py)."),
 ) -> None:
     """Sample data -> vision job -> book-QA job (local SmolLM2) -> pack per stage -> audit (gated)
     -> train a tiny model stage by stage -> needle eval -> summary with the paths of what it made.
