@@ -42,14 +42,16 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="30000,2000,1200,600,1200", help="Needle haystacks per stage, comma-separated.")
+    ap.add_argument("--examples", default="30000,2000,1200,600,1200,800", help="Needle haystacks per stage, comma-separated.")
     ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
-    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2",
+    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2,0.2",
                     help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
-    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3",
+    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3,0.3",
                     help="Shortest haystack as a share of the stage length, per stage, comma-separated.")
-    ap.add_argument("--far-share", default="0,0,0,0,0.4",
+    ap.add_argument("--far-share", default="0,0,0,0,0.4,0.4",
                     help="Share of needle haystacks that are far needles (context-filling, needle near the start), per stage.")
+    ap.add_argument("--data-seed", default="0,0,0,0,0,1",
+                    help="needle-data seed per stage (a stage drawn like an earlier one of the same length gets fresh data).")
     ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
     ap.add_argument("--trials", type=int, default=20, help="Haystacks per eval cell.")
@@ -57,7 +59,7 @@ def main() -> None:
     ap.add_argument("--docs", default=str(REPO / "docs"), help="Where the heatmaps are copied.")
     args = ap.parse_args()
 
-    from lwmkit.demo import Runner, _lwmkit
+    from lwmkit.demo import Runner, _lwmkit, config_key
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -69,27 +71,30 @@ def main() -> None:
     repeat = [float(x) for x in args.repeat_share.split(",")]
     fills = [float(x) for x in args.min_fill.split(",")]
     fars = [float(x) for x in args.far_share.split(",")]
-    if not len(examples) == len(repeat) == len(fills) == len(fars) == len(stages):
-        sys.exit(f"--examples, --repeat-share, --min-fill and --far-share need one value per stage ({len(stages)})")
+    seeds = [int(x) for x in args.data_seed.split(",")]
+    if not len(examples) == len(repeat) == len(fills) == len(fars) == len(seeds) == len(stages):
+        sys.exit(f"--examples, --repeat-share, --min-fill, --far-share and --data-seed need one value per stage "
+                 f"({len(stages)})")
     r = Runner(out)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    for s, n, share, fill, far in zip(stages, examples, repeat, fills, fars, strict=True):
+    for s, n, share, fill, far, seed in zip(stages, examples, repeat, fills, fars, seeds, strict=True):
         r.step(f"needle-data-{s['name']}", _lwmkit(
             "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(args.needles_max),
-            "--min-fill", str(fill), "--repeat-share", str(share), "--far-share", str(far), "--out", f"needles/{s['name']}/needles.parquet"))
+            "--min-fill", str(fill), "--repeat-share", str(share), "--far-share", str(far), "--seed", str(seed), "--out", f"needles/{s['name']}/needles.parquet"))
         r.step(f"pack-{s['name']}", _lwmkit(
             "pack", "--mixture", str(CONFIGS / "mixture.yaml"), "--seq-len", str(s["seq_len"]), "--stage", s["name"],
             "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"))
     sets = [x for o in overrides for x in ("--set", o)]
     cpu_train0 = _cpu_seconds()
-    r.step("train", _lwmkit("train", str(train_yaml), *sets))
+    key = config_key(train_yaml)  # a changed recipe trains (new or changed stages) and evaluates again
+    r.step("train", _lwmkit("train", str(train_yaml), *sets), key=key)
     train_cpu = _cpu_seconds() - cpu_train0
     grids = {}
     for s in (stages[0], stages[-1]):
         r.step(f"eval-{s['name']}", _lwmkit(
             "eval", "needle", "--checkpoint", f"{ckpt_dir}/{s['name']}", "--lengths", args.lengths,
             "--depths", args.depths, "--trials", str(args.trials), "--out", f"needle/{s['name']}",
-            "--title", f"needle accuracy after stage {s['name']} (trained at {s['seq_len']} tokens)"))
+            "--title", f"needle accuracy after stage {s['name']} (trained at {s['seq_len']} tokens)"), key=key)
         grids[s["name"]] = json.loads((out / "needle" / s["name"] / "needle.json").read_text())
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)

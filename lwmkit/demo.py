@@ -13,6 +13,7 @@ latest checkpoint). Nothing is special-cased for the demo: sizes only choose fla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -106,12 +107,16 @@ class Runner:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
         return env
 
-    def step(self, name: str, action: Callable[[], None] | list[str], *, devices: int = 1) -> None:
+    def step(self, name: str, action: Callable[[], None] | list[str], *, devices: int = 1, key: str = "") -> None:
+        """Run a step unless its mark says it is done; ``key`` fingerprints what the step
+        depends on beyond its command (e.g. a config's hash): a mark with another key is stale."""
         mark = self.marks / f"{name}.done"
         if mark.exists():
-            say(f"demo: {name}: done earlier, skipped")
-            self.result.steps[name] = 0.0
-            return
+            if json.loads(mark.read_text()).get("key", "") == key:
+                say(f"demo: {name}: done earlier, skipped")
+                self.result.steps[name] = 0.0
+                return
+            say(f"demo: {name}: its inputs changed since it ran; running it again")
         say(f"demo: {name} ...")
         t0 = time.perf_counter()
         if callable(action):
@@ -120,7 +125,8 @@ class Runner:
             self._run(name, action, devices)
         seconds = time.perf_counter() - t0
         self.marks.mkdir(parents=True, exist_ok=True)
-        mark.write_text(json.dumps({"seconds": round(seconds, 1), "command": action if isinstance(action, list) else name}))
+        mark.write_text(json.dumps({"seconds": round(seconds, 1), "command": action if isinstance(action, list) else name,
+                                    "key": key}))
         self.result.steps[name] = seconds
         say(f"demo: {name}: done in {seconds:.0f}s")
 
@@ -139,6 +145,11 @@ class Runner:
             code = proc.wait()
         if code != 0:
             raise DemoFailed(f"step '{name}' failed (exit {code}); its log: {self.logs / f'{name}.log'}")
+
+
+def config_key(*paths: Path) -> str:
+    """A fingerprint of config files, for :meth:`Runner.step`'s ``key``."""
+    return hashlib.sha256(b"".join(Path(p).read_bytes() for p in paths)).hexdigest()[:16]
 
 
 def write_inputs(out: Path, size: DemoSize) -> None:
@@ -223,17 +234,19 @@ def run_demo(out: Path, size: DemoSize) -> DemoResult:
         "--chunk_tokens", str(size.chunk_tokens), "--qa_pairs", str(size.qa_pairs), "--num_shards", "1"))
     _stage_steps(r, size)
     # Orbax wants an absolute checkpoint path; the config's is relative to the output folder.
+    # A changed training config makes training and everything after it run again.
+    key = config_key(size.train_config)
     r.step("train", _lwmkit("train", str(size.train_config), "--set", f"checkpoint.dir={out / 'checkpoints'}"),
-           devices=size.devices)
+           devices=size.devices, key=key)
     r.step("loss-curves", lambda: plot_loss_curves(out / "checkpoints" / "logs" / "train.jsonl",
-                                                   out / "loss_curves.png"))
+                                                   out / "loss_curves.png"), key=key)
     lengths = ",".join(str(n) for n in size.eval_lengths)
     depths = ",".join(str(d) for d in size.eval_depths)
     for s in (size.stages[0], size.stages[-1]):
         r.step(f"needle-eval-{s.name}", _lwmkit(
             "eval", "needle", "--checkpoint", f"checkpoints/{s.name}", "--lengths", lengths, "--depths", depths,
             "--trials", str(size.eval_trials), "--out", f"needle/{s.name}",
-            "--title", f"after stage {s.name} (trained at {s.seq_len} tokens)"))
+            "--title", f"after stage {s.name} (trained at {s.seq_len} tokens)"), key=key)
     return summarise(r)
 
 

@@ -115,3 +115,21 @@ def test_demo_refuses_unknown_size(tmp_path: Path):
     with pytest.raises(SystemExit) as err:
         main(["demo", "--out", str(tmp_path), "--size", "huge"])
     assert err.value.code == 2
+
+
+def test_runner_skips_finished_steps_and_reruns_stale_ones(tmp_path: Path):
+    from lwmkit.demo import Runner, config_key
+
+    runs: list[str] = []
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("steps: 10\n")
+    r = Runner(tmp_path)
+    r.step("train", lambda: runs.append("a"), key=config_key(cfg))
+    r.step("train", lambda: runs.append("b"), key=config_key(cfg))  # done: skipped
+    assert runs == ["a"] and r.result.steps["train"] == 0.0
+    cfg.write_text("steps: 20\n")  # the recipe changed: the mark is stale
+    r.step("train", lambda: runs.append("c"), key=config_key(cfg))
+    r.step("plot", lambda: runs.append("d"))
+    r.step("plot", lambda: runs.append("e"))
+    assert runs == ["a", "c", "d"]
+    assert json.loads((tmp_path / ".demo" / "train.done").read_text())["key"] == config_key(cfg)
