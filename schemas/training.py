@@ -76,7 +76,7 @@ class OptimizerConfig:
     """AdamW with warmup and a constant, cosine or linear schedule (LWM: b2 0.95, wd 0.1)."""
 
     lr: float = 4e-5
-    end_lr: float | None = None  # cosine/linear target; None = lr (constant after warmup)
+    end_lr: float | None = None  # the rate a cosine/linear schedule decays to (required there; unset for constant)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     b1: float = 0.9
@@ -89,6 +89,11 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         require(self.lr > 0, "lr", "must be > 0")
         require(self.end_lr is None or self.end_lr >= 0, "end_lr", "must be >= 0")
+        # A decaying schedule without its target rate would silently stay constant.
+        require(self.schedule == "constant" or self.end_lr is not None, "end_lr",
+                f"is required with schedule {self.schedule!r}: the rate it decays to (e.g. 0.0)")
+        require(self.schedule != "constant" or self.end_lr is None, "end_lr",
+                "is only used by a cosine or linear schedule; remove it or set schedule")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         require(0 <= self.b1 < 1, "b1", "must lie in [0, 1)")
         require(0 <= self.b2 < 1, "b2", "must lie in [0, 1)")

@@ -79,6 +79,9 @@ def test_mixture_errors_name_file_and_field(tmp_path, mutate, message):
         (lambda d: d["stages"][0].update(seq_len=511), r"field 'stages\[0\].seq_len': 511 is not divisible"),
         (lambda d: d["optimizer"].update(schedule="cosin") if "optimizer" in d else d.update(optimizer={"schedule": "cosin"}),
          r"field 'optimizer.schedule': must be one of"),
+        # a decaying schedule without its target would silently stay constant
+        (lambda d: d.update(optimizer={"schedule": "linear"}), r"field 'optimizer.end_lr': is required with schedule 'linear'"),
+        (lambda d: d.update(optimizer={"end_lr": 1e-5}), r"field 'optimizer.end_lr': is only used by a cosine or linear"),
     ],
 )
 def test_train_errors_name_file_and_field(tmp_path, mutate, message):
