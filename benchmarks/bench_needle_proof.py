@@ -42,15 +42,15 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="30000,2000,1200,600,1200,800", help="Needle haystacks per stage, comma-separated.")
+    ap.add_argument("--examples", default="30000,2000,1200,600,1200,800,800", help="Needle haystacks per stage, comma-separated.")
     ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
-    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2,0.2",
+    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2,0.2,0.2",
                     help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
-    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3,0.3",
+    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3,0.3,0.3",
                     help="Shortest haystack as a share of the stage length, per stage, comma-separated.")
-    ap.add_argument("--far-share", default="0,0,0,0,0.4,0.4",
+    ap.add_argument("--far-share", default="0,0,0,0,0.4,0.4,0.5",
                     help="Share of needle haystacks that are far needles (context-filling, needle near the start), per stage.")
-    ap.add_argument("--data-seed", default="0,0,0,0,0,1",
+    ap.add_argument("--data-seed", default="0,0,0,0,0,1,2",
                     help="needle-data seed per stage (a stage drawn like an earlier one of the same length gets fresh data).")
     ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
