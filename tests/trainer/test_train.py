@@ -74,9 +74,13 @@ def test_two_stages_grow_the_context(shards, tmp_path):
     records = _records(ck)
     s1, s2 = _losses(records, "s512"), _losses(records, "s2048")
     assert sorted(s1) == list(range(1, 11)) and sorted(s2) == list(range(1, 11))
-    for losses in (s1, s2):  # the loss falls in each stage
-        first, last = [losses[i] for i in (1, 2, 3)], [losses[i] for i in (8, 9, 10)]
-        assert sum(last) / 3 < sum(first) / 3 - 0.05, losses
+    # the text loss falls in each stage (by 0.6-0.9 over training seeds 0-3). Not the total:
+    # with 2 sequences a step its vision share swings from batch to batch, and the vision
+    # loss (8448 codes, ~9.0) barely moves in 10 steps, so the total can stay flat.
+    for stage in ("s512", "s2048"):
+        text = {r["step"]: r["text_loss"] for r in records if r.get("stage") == stage and "text_loss" in r}
+        first, last = [text[i] for i in (1, 2, 3)], [text[i] for i in (8, 9, 10)]
+        assert sum(last) / 3 < sum(first) / 3 - 0.2, (stage, text)
     # stage 2 starts from stage 1's final weights: named in its start event, and its first loss is
     # far below a fresh model's ln(8000) ~ 9.0 text loss
     start = [r for r in records if r.get("stage") == "s2048" and r.get("init")]
