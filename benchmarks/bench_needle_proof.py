@@ -42,16 +42,8 @@ def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/needle-proof", help="Run folder (a re-run resumes it).")
-    ap.add_argument("--examples", default="30000,2000,1200,600,1200,800,800", help="Needle haystacks per stage, comma-separated.")
-    ap.add_argument("--needles-max", type=int, default=1, help="Most needles per training haystack (the eval asks one).")
-    ap.add_argument("--repeat-share", default="0.5,0.2,0.2,0.2,0.2,0.2,0.2",
-                    help="Share of repeat-the-passage chats per stage (dense copy practice), comma-separated.")
-    ap.add_argument("--min-fill", default="0.3,0.3,0.3,0.9,0.3,0.3,0.3",
-                    help="Shortest haystack as a share of the stage length, per stage, comma-separated.")
-    ap.add_argument("--far-share", default="0,0,0,0,0.4,0.4,0.5",
-                    help="Share of needle haystacks that are far needles (context-filling, needle near the start), per stage.")
-    ap.add_argument("--data-seed", default="0,0,0,0,0,1,2",
-                    help="needle-data seed per stage (a stage drawn like an earlier one of the same length gets fresh data).")
+    ap.add_argument("--needles", default=str(CONFIGS / "needles.yaml"),
+                    help="The needle-data options of each stage (YAML: `all` and `stages.<name>`).")
     ap.add_argument("--lengths", default="256,1K,2K,4K", help="Eval context lengths.")
     ap.add_argument("--depths", default="0,25,50,75,100", help="Eval needle depths (percent).")
     ap.add_argument("--trials", type=int, default=20, help="Haystacks per eval cell.")
@@ -67,23 +59,15 @@ def main() -> None:
     # Orbax wants an absolute checkpoint path; the config's is relative to the run folder.
     overrides = [f"checkpoint.dir={out / 'checkpoints'}", *args.overrides]
     stages, ckpt_dir = _plan(train_yaml, overrides)
-    examples = [int(x) for x in args.examples.split(",")]
-    repeat = [float(x) for x in args.repeat_share.split(",")]
-    fills = [float(x) for x in args.min_fill.split(",")]
-    fars = [float(x) for x in args.far_share.split(",")]
-    seeds = [int(x) for x in args.data_seed.split(",")]
-    if not len(examples) == len(repeat) == len(fills) == len(fars) == len(seeds) == len(stages):
-        sys.exit(f"--examples, --repeat-share, --min-fill, --far-share and --data-seed need one value per stage "
-                 f"({len(stages)})")
+    data = [needle_data_args(args.needles, s["name"]) for s in stages]
     r = Runner(out)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    for s, n, share, fill, far, seed in zip(stages, examples, repeat, fills, fars, seeds, strict=True):
-        r.step(f"needle-data-{s['name']}", _lwmkit(
-            "needle-data", "--seq-len", str(s["seq_len"]), "--examples", str(n), "--needles-max", str(args.needles_max),
-            "--min-fill", str(fill), "--repeat-share", str(share), "--far-share", str(far), "--seed", str(seed), "--out", f"needles/{s['name']}/needles.parquet"))
+    for s, opts in zip(stages, data, strict=True):
+        made = r.step(f"needle-data-{s['name']}", _lwmkit(
+            "needle-data", "--seq-len", str(s["seq_len"]), *opts, "--out", f"needles/{s['name']}/needles.parquet"))
         r.step(f"pack-{s['name']}", _lwmkit(
             "pack", "--mixture", str(CONFIGS / "mixture.yaml"), "--seq-len", str(s["seq_len"]), "--stage", s["name"],
-            "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"))
+            "--out", f"shards/{s['name']}", "--set", f"sources.0.path=needles/{s['name']}/*.parquet"), again=made)
     sets = [x for o in overrides for x in ("--set", o)]
     cpu_train0 = _cpu_seconds()
     key = config_key(train_yaml)  # a changed recipe trains (new or changed stages) and evaluates again
@@ -102,6 +86,34 @@ def main() -> None:
         shutil.copyfile(out / "needle" / s["name"] / "needle_digits_heatmap.png",
                         docs / f"needle-proof-{s['name']}-digits.png")
     report(grids, stages, out, train_cpu, time.perf_counter() - t0, _cpu_seconds() - cpu0)
+
+
+# needle-data options in the order the bench passes them (far-fill/far-depth only where set)
+_ALWAYS = {"examples": None, "needles-max": 4, "min-fill": 0.3, "repeat-share": 0.0, "far-share": 0.0}
+_IF_SET = ("far-fill", "far-depth")
+
+
+def needle_data_args(path: str, stage: str) -> list[str]:
+    """``lwmkit needle-data`` options for ``stage`` from the needles YAML (``all`` + ``stages.<stage>``)."""
+    import yaml
+
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    stages = spec.get("stages") or {}
+    if stage not in stages:
+        sys.exit(f"{path}: no needle-data options for stage '{stage}' (stages there: {', '.join(stages) or 'none'})")
+    opts = {**(spec.get("all") or {}), **(stages[stage] or {})}
+    known = (*_ALWAYS, *_IF_SET, "seed")
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        sys.exit(f"{path}: stage '{stage}': unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    if opts.get("examples") is None:
+        sys.exit(f"{path}: stage '{stage}' needs 'examples'")
+    out = []
+    for name, default in _ALWAYS.items():
+        value = opts.get(name, default)
+        out += [f"--{name}", str(float(value) if isinstance(default, float) else int(value))]
+    out += [x for name in _IF_SET if name in opts for x in (f"--{name}", str(float(opts[name])))]
+    return [*out, "--seed", str(int(opts.get("seed", 0)))]
 
 
 def report(grids: dict, stages: list[dict], out: Path, train_cpu: float, wall: float, cpu: float) -> None:

@@ -107,15 +107,21 @@ class Runner:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
         return env
 
-    def step(self, name: str, action: Callable[[], None] | list[str], *, devices: int = 1, key: str = "") -> None:
-        """Run a step unless its mark says it is done; ``key`` fingerprints what the step
-        depends on beyond its command (e.g. a config's hash): a mark with another key is stale."""
+    def step(self, name: str, action: Callable[[], None] | list[str], *, devices: int = 1, key: str = "",
+             again: bool = False) -> bool:
+        """Run a step unless its mark says it is done; returns whether it ran. A mark is stale
+        when the step's command changed (other arguments) or its ``key`` did (``key``
+        fingerprints what the step depends on beyond its command, e.g. a config's hash);
+        ``again`` runs it regardless (its input was just remade)."""
         mark = self.marks / f"{name}.done"
-        if mark.exists():
-            if json.loads(mark.read_text()).get("key", "") == key:
+        if mark.exists() and not again:
+            done = json.loads(mark.read_text())
+            same_command = not isinstance(action, list) or not isinstance(done.get("command"), list) \
+                or _shown(done["command"]) == _shown(action)
+            if same_command and done.get("key", "") == key:
                 say(f"demo: {name}: done earlier, skipped")
                 self.result.steps[name] = 0.0
-                return
+                return False
             say(f"demo: {name}: its inputs changed since it ran; running it again")
         say(f"demo: {name} ...")
         t0 = time.perf_counter()
@@ -129,10 +135,11 @@ class Runner:
                                     "key": key}))
         self.result.steps[name] = seconds
         say(f"demo: {name}: done in {seconds:.0f}s")
+        return True
 
     def _run(self, name: str, argv: list[str], devices: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        shown = " ".join(a if a != sys.executable else "python" for a in argv)
+        shown = " ".join(_shown(argv))
         say(f"  $ {shown}")
         with open(self.logs / f"{name}.log", "w", encoding="utf-8") as log:
             log.write(f"$ {shown}\n")
@@ -145,6 +152,11 @@ class Runner:
             code = proc.wait()
         if code != 0:
             raise DemoFailed(f"step '{name}' failed (exit {code}); its log: {self.logs / f'{name}.log'}")
+
+
+def _shown(argv: list[str]) -> list[str]:
+    """A command as logged and compared: the interpreter's path is not part of what a step does."""
+    return ["python" if i == 0 and Path(a).name.startswith("python") else a for i, a in enumerate(argv)]
 
 
 def config_key(*paths: Path) -> str:
@@ -198,19 +210,19 @@ def _stage_steps(r: Runner, size: DemoSize) -> None:
     """Needle data, pack and the audit gate, per stage."""
     mixture = str(CONFIG_DIR / "mixture.yaml")
     for s in size.stages:
-        r.step(f"needle-data-{s.name}", _lwmkit(
+        made = r.step(f"needle-data-{s.name}", _lwmkit(
             "needle-data", "--seq-len", str(s.seq_len), "--examples", str(s.needle_examples),
             "--book", "samples/books/botchan.txt", "--out", f"needles/{s.name}/needles.parquet"))
         sets = ["--set", f"sources.2.path=needles/{s.name}/*.parquet"]
         for o in s.pack_overrides:
             sets += ["--set", o]
-        r.step(f"pack-{s.name}", _lwmkit(
+        packed = r.step(f"pack-{s.name}", _lwmkit(
             "pack", "--mixture", mixture, "--seq-len", str(s.seq_len), "--stage", s.name,
-            "--out", f"shards/{s.name}", *sets))
+            "--out", f"shards/{s.name}", *sets), again=made)
         # The gate: a drifted mixture or a corrupt shard stops the demo before training.
         r.step(f"audit-{s.name}", _lwmkit(
             "audit", f"shards/{s.name}", "--report", f"audit/{s.name}.html", "--json", f"audit/{s.name}.json",
-            "--dashboard", f"audit/{s.name}.png", "--runner", "local", "--quiet"))
+            "--dashboard", f"audit/{s.name}.png", "--runner", "local", "--quiet"), again=packed)
 
 
 def run_demo(out: Path, size: DemoSize) -> DemoResult:

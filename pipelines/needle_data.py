@@ -19,7 +19,7 @@ answer supervises only its 7 digits. Without them a tiny model stalls for thousa
 "right digits, wrong order" plateau (benchmarks/RESULTS.md, the long-context proof).
 
 A share of the needle haystacks (``far_share``) can be *far* needles: the haystack fills the
-stage (``[FAR_FILL, 1] * seq_len``) and the needle sits in its first ``FAR_DEPTH``, so the
+stage (``[far_fill, 1] * seq_len``) and the needle sits in its first ``far_depth``, so the
 question lies nearly ``seq_len`` tokens after it. Uniform lengths and depths put few needles at
 those distances, and a model trained only on them fails at the edge of its context (at 4K,
 depth 0 %: benchmarks/RESULTS.md, the long-context proof).
@@ -41,8 +41,6 @@ from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
 MODEL_NAME = "lwmkit-needles"  # recorded in BOOK_CHUNK.model: these QA pairs are synthetic
 PROMPT_VERSION = "needle-v1"
 REPEAT_QUESTION = "Repeat the text above word for word."
-FAR_FILL = 0.95  # a far needle's haystack fills at least this share of seq_len ...
-FAR_DEPTH = 0.15  # ... and the needle sits in its first FAR_DEPTH
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,8 @@ class NeedleDataConfig:
     source: str = "needles"
     repeat_share: float = 0.0  # share of haystacks that are repeat tasks instead of needle tasks
     far_share: float = 0.0  # share of needle haystacks that are far needles (module docstring)
+    far_fill: float = 0.95  # a far needle's haystack fills at least this share of seq_len ...
+    far_depth: float = 0.15  # ... and the needle sits in its first far_depth
 
     def __post_init__(self) -> None:
         if self.seq_len < 128:
@@ -75,11 +75,34 @@ class NeedleDataConfig:
             raise ValueError(f"repeat_share must lie in [0, 1], got {self.repeat_share}")
         if not 0.0 <= self.far_share <= 1.0:
             raise ValueError(f"far_share must lie in [0, 1], got {self.far_share}")
+        if not 0.0 < self.far_fill <= 1.0:
+            raise ValueError(f"far_fill must lie in (0, 1], got {self.far_fill}")
+        if not 0.0 < self.far_depth <= 1.0:
+            raise ValueError(f"far_depth must lie in (0, 1], got {self.far_depth}")
 
 
 def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
     """Tokens the QA turns add to the chat (as the pack job formats them, plus EOS each)."""
     return sum(len(tok.encode(f"{USER} {n.question} {ASSISTANT}")) + len(tok.encode(n.sentence)) + 1 for n in needles)
+
+
+def _fit_haystack(hay: Haystack, needles: list[Needle], depths: list[float], start: int, room: int,
+                  chunk_tokens: int) -> list[str]:
+    """The haystack's chunks, as long as fits: the chunks' tokens (counted as the pack job
+    counts them, chunk by chunk) plus the QA turns must not pass ``room``. The haystack is
+    measured and shrunk until it fits rather than given a fixed slack, so a context-filling
+    haystack reaches the same needle distances the eval's haystacks do."""
+    qa = _qa_cost(hay.tok, needles)
+    budget = room - qa
+    for _ in range(16):
+        document = hay.document(max(budget, 32), needles, depths, start)
+        chunks = _chunks(hay, document, chunk_tokens)
+        over = sum(len(hay.tok.encode(c)) for c in chunks) + qa - room
+        if over <= 0 or budget <= 32:
+            return chunks
+        # whole sentences: a budget cut smaller than the last one leaves the document as it was
+        budget = min(budget, len(hay.tok.encode(document))) - over
+    raise ValueError(f"could not fit a haystack into {room} tokens")
 
 
 def _chunks(hay: Haystack, document: str, chunk_tokens: int) -> list[str]:
@@ -154,16 +177,14 @@ def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict
         raise ValueError(f"seq_len {cfg.seq_len} cannot hold a haystack with a needle and its question")
     far = cfg.far_share > 0 and np.random.default_rng([cfg.seed, index, 3]).random() < cfg.far_share
     floor = fixed(needles) + 128  # prefer some haystack around the needles
-    fill = rng.uniform(max(cfg.min_fill, FAR_FILL), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)
+    fill = rng.uniform(max(cfg.min_fill, cfg.far_fill), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)
     target = min(cfg.seq_len, max(floor, int(cfg.seq_len * fill)))
-    # Slack for the tokenizer's joins and chunk splits: the chat must never overflow seq_len.
-    budget = target - head - _qa_cost(tok, needles) - 16 - 2 * (target // cfg.chunk_tokens + 1)
-    depths = rng.uniform(0.0, FAR_DEPTH if far else 1.0, size=len(needles))
+    depths = rng.uniform(0.0, cfg.far_depth if far else 1.0, size=len(needles))
     start = int(rng.integers(0, len(hay.sentences)))
-    document = hay.document(max(budget, 32), needles, list(depths), start)
+    chunks = _fit_haystack(hay, needles, list(depths), start, target - head, cfg.chunk_tokens)
     book_id = f"{cfg.source}-{cfg.seq_len}-{index:06d}"
     rows = []
-    for i, text in enumerate(_chunks(hay, document, cfg.chunk_tokens)):
+    for i, text in enumerate(chunks):
         asked = [n for n in needles if n.sentence in text]
         rng.shuffle(asked)  # question order is not the needles' order
         rows.append(_row(hay, cfg, book_id, i, text, [{"question": n.question, "answer": n.sentence} for n in asked]))

@@ -133,3 +133,11 @@ def test_runner_skips_finished_steps_and_reruns_stale_ones(tmp_path: Path):
     r.step("plot", lambda: runs.append("e"))
     assert runs == ["a", "c", "d"]
     assert json.loads((tmp_path / ".demo" / "train.done").read_text())["key"] == config_key(cfg)
+    # a command step: the same arguments skip, other arguments run again
+    assert r.step("hello", [sys.executable, "-c", "print('a')"])
+    assert not r.step("hello", [sys.executable, "-c", "print('a')"])
+    assert r.result.steps["hello"] == 0.0
+    assert r.step("hello", [sys.executable, "-c", "print('b')"])
+    assert r.result.steps["hello"] > 0.0
+    assert r.step("hello", [sys.executable, "-c", "print('b')"], again=True)  # its input was remade
+    assert (tmp_path / "logs" / "hello.log").read_text().splitlines()[-1] == "b"

@@ -18,7 +18,9 @@ def needle_data(
     seed: int = typer.Option(0, "--seed", help="Seed of needles, depths and haystack offsets."),
     source: str = typer.Option("needles", "--source", help="Source name recorded in every row."),
     repeat_share: float = typer.Option(0.0, "--repeat-share", help="Share of examples that are repeat-the-passage tasks (dense copy practice) instead of needles."),
-    far_share: float = typer.Option(0.0, "--far-share", help="Share of needle haystacks that fill the context with the needle in its first 15% (the longest distances; uniform depths rarely give them)."),
+    far_share: float = typer.Option(0.0, "--far-share", help="Share of needle haystacks that are far needles: the haystack fills the context and the needle sits near its start (the longest distances; uniform depths rarely give them)."),
+    far_fill: float = typer.Option(0.95, "--far-fill", help="A far needle's haystack fills at least this share of seq-len."),
+    far_depth: float = typer.Option(0.15, "--far-depth", help="A far needle sits in the first this share of its haystack."),
 ) -> None:
     """Write haystacks with needles as book chunks whose QA pairs ask for them.
 
@@ -32,7 +34,7 @@ def needle_data(
 
     try:
         cfg = NeedleDataConfig(seq_len, examples, needles_min, needles_max, min_fill, chunk_tokens, seed, source,
-                                repeat_share, far_share)
+                                repeat_share, far_share, far_fill, far_depth)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if book is None:
@@ -44,7 +46,7 @@ def needle_data(
     with fsspec.open(book, "r", encoding="utf-8", errors="replace") as f:
         text = f.read()
     n = write_needle_data(text, out, cfg, TextTokenizer.load(tokenizer))
-    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}, far share {far_share:g}) for seq_len {seq_len} -> {out}")
+    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}, far share {far_share:g}{f' (fill >= {far_fill:g}, depth <= {far_depth:g})' if far_share else ''}) for seq_len {seq_len} -> {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -85,8 +85,11 @@ def test_far_needles_fill_the_context_and_sit_near_its_start(botchan: str, tok: 
     source = SourceConfig(name="needles", kind="book_qa_chat", path="x", weight=1.0)
     near = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=1, seed=5)
     far = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=1, seed=5, far_share=1.0)
-    distances = {}
-    for name, cfg in (("near", near), ("far", far)):
+    edge = NeedleDataConfig(seq_len=seq_len, examples=12, needles_max=1, seed=5, far_share=1.0, far_fill=0.99,
+                            far_depth=0.03)
+    distances, lengths = {}, {}
+    for name, cfg in (("near", near), ("far", far), ("edge", edge)):
+        lengths[name] = []
         distances[name] = []
         for i in range(cfg.examples):
             rows = haystack_rows(hay, cfg, i)
@@ -98,9 +101,12 @@ def test_far_needles_fill_the_context_and_sit_near_its_start(botchan: str, tok: 
             at = next(j for j in range(len(ids)) if ids[j:j + len(digits)] == digits)  # in the haystack
             question = int(np.flatnonzero(ex.loss)[0])  # the answer starts right after the question
             distances[name].append(question - at)
-            if name == "far":
-                assert ex.n_tokens >= 0.9 * seq_len
-                assert question - at >= 0.75 * seq_len
+            lengths[name].append(ex.n_tokens)
+    # far needles fill the context (but for the slack kept for the tokenizer's joins, and whole
+    # sentences) with the needle near the start; --far-fill/--far-depth move them to the very edge
+    assert min(lengths["far"]) >= 0.9 * seq_len and min(distances["far"]) >= 0.75 * seq_len
+    assert min(lengths["edge"]) >= 0.93 * seq_len and min(distances["edge"]) >= 0.9 * seq_len
+    assert np.mean(distances["edge"]) > np.mean(distances["far"])
     # far needles are what uniform depths and lengths rarely give: the longest distances
     assert min(distances["far"]) > np.median(distances["near"])
     # far_share 0 leaves the data as it was
@@ -111,6 +117,10 @@ def test_far_needles_fill_the_context_and_sit_near_its_start(botchan: str, tok: 
 def test_config_is_validated():
     with pytest.raises(ValueError, match="far_share"):
         NeedleDataConfig(seq_len=512, examples=1, far_share=-0.1)
+    with pytest.raises(ValueError, match="far_fill"):
+        NeedleDataConfig(seq_len=512, examples=1, far_fill=1.2)
+    with pytest.raises(ValueError, match="far_depth"):
+        NeedleDataConfig(seq_len=512, examples=1, far_depth=0.0)
     with pytest.raises(ValueError, match="repeat_share"):
         NeedleDataConfig(seq_len=512, examples=1, repeat_share=1.5)
     with pytest.raises(ValueError, match="needles_min"):
