@@ -6,12 +6,19 @@ on its first real token, as the packed training sequences do. The text head is a
 the one position being decoded, never to the whole sequence. Two paths, one compiled
 ``lax.while_loop`` per buffer shape each:
 
-* **KV cache** (no mesh, or a mesh without sequence sharding): one prefill pass over the
-  buffer stores every layer's K (after RoPE) and V; each new token is then one ``[B, 1]``
-  step attending to that cache (``LWMModel``'s ``kv_cache`` modes, the same params).
-* **No cache** (a mesh whose ``sp`` axis is > 1): each new token is a full forward pass over
-  the buffer sharded over ``sp`` (ring attention), for contexts one device cannot hold. A
-  cache sharded over ``sp`` is not implemented, so this path costs ``max_new`` full passes.
+* **KV cache** (the default, any mesh): one prefill pass over the buffer (ring attention
+  when the mesh has an ``sp`` axis > 1) stores every layer's K (after RoPE) and V; each new
+  token is then one ``[B, 1]`` step attending to that cache (``LWMModel``'s ``kv_cache``
+  modes, the same params). On a sequence-sharded mesh the cache stays sharded over ``sp``
+  along its slots: each device scores the query against its own slots and XLA combines the
+  partial softmax (max, denominator, weighted sum: three small all-reduces per layer), so
+  no device ever holds the whole cache or the whole hidden state.
+* **No cache** (``kv_cache=False``): each new token is a full forward pass over the buffer.
+  The reference the cache is tested against, and the fallback when a mesh cannot hold the
+  cache (it costs ``max_new`` full passes but only one pass's activations).
+
+The buffer's int arrays (ids, segments, positions: ``4 * B * T`` bytes each) are replicated;
+activations and the cache are sharded by the model's own rules (``trainer/mesh.py``).
 """
 
 from __future__ import annotations
@@ -99,6 +106,14 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nda
     return ids, seg, pos, end
 
 
+def _at_slot(hidden: jax.Array, t: jax.Array) -> jax.Array:
+    """``hidden[:, t]`` (``[B, d]``) as a masked sum over the slots: exact (one nonzero term),
+    and on a sequence-sharded ``hidden`` a local sum plus one ``[B, d]`` all-reduce instead
+    of gathering the whole ``[B, T, d]``."""
+    pick = (jnp.arange(hidden.shape[1]) == t)[None, :, None]
+    return jnp.where(pick, hidden, 0).sum(axis=1)
+
+
 def _put_next(params, h, ids, t, done, eos_id: int):
     """Greedy token from hidden states ``h`` ``[B, d]`` written at slot ``t``; rows already
     done get EOS. Returns ``(ids, done)``."""
@@ -119,8 +134,7 @@ def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id:
         b = ids.shape[0]
         hidden, cache = prefill.apply({"params": params}, ids, jnp.zeros(ids.shape, bool), pos, seg,
                                       mutable=["cache"])
-        h = jax.lax.dynamic_index_in_dim(hidden, end - 1, axis=1, keepdims=False)
-        ids, done = _put_next(params, h, ids, end, jnp.zeros((b,), bool), eos_id)
+        ids, done = _put_next(params, _at_slot(hidden, end - 1), ids, end, jnp.zeros((b,), bool), eos_id)
 
         def cond(state):
             t, _, done, _ = state
@@ -138,12 +152,11 @@ def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id:
         _, ids, _, _ = jax.lax.while_loop(cond, body, (end, ids, done, cache))
         return ids
 
-    # Params placed by load_model (sharded if a mesh was given) are committed: jit follows them.
-    return jax.jit(run)
+    return _jit(run, model, mesh)
 
 
 def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
-    """No cache: a full forward pass over the ``sp``-sharded buffer per new token."""
+    """No cache: a full forward pass over the buffer (ring attention over ``sp``) per new token."""
     from lwmkit.trainer.loss import build_model
 
     net = build_model(model.config, model.rope_theta, mesh)
@@ -159,30 +172,34 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
         def body(state):
             t, ids, done = state
             hidden = net.apply({"params": params}, ids, vision, pos, seg)
-            h = jax.lax.dynamic_index_in_dim(hidden, t - 1, axis=1, keepdims=False)  # [B, d]
-            ids, done = _put_next(params, h, ids, t, done, eos_id)
+            ids, done = _put_next(params, _at_slot(hidden, t - 1), ids, t, done, eos_id)
             return t + 1, ids, done
 
         _, ids, _ = jax.lax.while_loop(cond, body, (end, ids, jnp.zeros((b,), bool)))
         return ids
 
-    if mesh is None:
+    return _jit(run, model, mesh)
+
+
+def _jit(run, model: LoadedModel, mesh: Mesh | None):
+    """``run(params, ids, seg, pos, end)`` compiled: params as the mesh's rules shard them,
+    the int buffers replicated (the model shards its activations itself)."""
+    if mesh is None:  # params placed by load_model are committed: jit follows them
         return jax.jit(run)
     from lwmkit.trainer.mesh import param_shardings
 
-    seq = NamedSharding(mesh, P(None, "sp"))
-    return jax.jit(run, in_shardings=(param_shardings(model.params, mesh), seq, seq, seq, None),
-                   out_shardings=NamedSharding(mesh, P()))
+    whole = NamedSharding(mesh, P())
+    return jax.jit(run, in_shardings=(param_shardings(model.params, mesh), whole, whole, whole, None),
+                   out_shardings=whole)
 
 
 def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: int, eos_id: int, pad_id: int = 0,
                     mesh: Mesh | None = None, block: int = 128, kv_cache: bool = True) -> list[list[int]]:
     """Greedy continuations (up to ``max_new`` tokens, cut after EOS) of each prompt.
 
-    Decodes with a KV cache unless ``mesh`` has an ``sp`` axis > 1: then the buffer is sharded
-    over ``sp``, attention is ring attention and every token is a full pass (no sharded
-    cache). ``kv_cache=False`` forces the uncached path (the reference the cache is tested
-    against).
+    Decodes with a KV cache (sharded over ``sp`` when ``mesh`` has a sequence axis > 1: the
+    prefill is ring attention). ``kv_cache=False`` decodes with a full pass per token instead
+    (the reference the cache is tested against; holds no cache).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -190,7 +207,7 @@ def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: in
     end = max(len(p) for p in prompts)
     length = _buffer_length(end, max_new, sp * block if end + max_new > block else sp)
     ids, seg, pos, end = left_pad(prompts, length, pad_id)
-    cached = kv_cache and sp == 1
+    cached = bool(kv_cache)
     key = (id(mesh), max_new, eos_id, cached)
     if key not in model.decoders:
         model.decoders[key] = (_cached_decoder if cached else _decoder)(model, mesh, max_new, eos_id)

@@ -110,16 +110,32 @@ def head_sums(params: dict[str, Any], hidden: jax.Array, batch: dict[str, jax.Ar
     return sums
 
 
-def combine(sums: dict[str, dict[str, jax.Array]], *, vision_loss_weight: float,
-            text_loss_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The documented combination of per-modality weighted means, and the metrics dict."""
+def modality_weights(batch: dict[str, jax.Array], config: ModelConfig) -> dict[str, jax.Array]:
+    """Total loss weight of each modality's targets in ``batch``: the denominators of its loss.
+
+    Passed as ``totals`` when the batch is split into micro-batches, so each micro-batch's
+    loss is its exact share of the whole batch's and the shares (and their gradients) add
+    up to the whole batch's loss (and gradient)."""
+    w, tvm = batch["loss_weights"].astype(F32), batch["target_vision_mask"]
+    vision = jnp.where(tvm, w, 0.0).sum() if config.vision_vocab_size else jnp.zeros((), F32)
+    return {"text": jnp.where(tvm, 0.0, w).sum(), "vision": vision}
+
+
+def combine(sums: dict[str, dict[str, jax.Array]], *, vision_loss_weight: float, text_loss_weight: float,
+            totals: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The documented combination of per-modality weighted means, and the metrics dict.
+
+    ``totals`` (:func:`modality_weights` of the whole batch when ``sums`` cover one
+    micro-batch of it): divide by the whole batch's weights, so the loss and every metric
+    are this micro-batch's additive share (sum them over the micro-batches)."""
     metrics: dict[str, jax.Array] = {}
     num = jnp.zeros((), F32)
     den = jnp.zeros((), F32)
     for name, lw in (("text", text_loss_weight), ("vision", vision_loss_weight)):
         s = sums[name]
-        present = s["weight"] > 0
-        safe = jnp.where(present, s["weight"], 1.0)
+        total = s["weight"] if totals is None else totals[name]
+        present = total > 0
+        safe = jnp.where(present, total, 1.0)
         mean = s["ce"] / safe
         metrics[f"{name}_loss"] = mean
         metrics[f"{name}_accuracy"] = s["correct"] / safe
@@ -142,8 +158,10 @@ def loss_and_metrics(
     layout: str = "contiguous",
     vision_loss_weight: float = 0.5,
     text_loss_weight: float = 0.5,
+    totals: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Scalar loss and metrics of one batch of packed sequences (7 arrays, each ``[B, L]``).
+    """Scalar loss and metrics of one batch of packed sequences (7 arrays, each ``[B, L]``);
+    with ``totals`` (see :func:`combine`) the additive share of a micro-batch.
 
     The batch is already permuted into ``layout`` for ``mesh``'s ``sp`` axis (the data
     boundary's job; positions and segment ids travel with their tokens). Metrics:
@@ -158,4 +176,4 @@ def loss_and_metrics(
     hidden = model.apply({"params": params}, batch["input_ids"], batch["vision_mask"], batch["positions"],
                          batch["segment_ids"], token_index(L, mesh, layout))
     sums = head_sums(params, hidden, batch, config, n)
-    return combine(sums, vision_loss_weight=vision_loss_weight, text_loss_weight=text_loss_weight)
+    return combine(sums, vision_loss_weight=vision_loss_weight, text_loss_weight=text_loss_weight, totals=totals)

@@ -131,7 +131,8 @@ class Attention(nn.Module):
     """Self-attention. ``kv_cache`` (decoding only, see :meth:`LWMModel.__call__`): ``"prefill"``
     runs as usual and stores every slot's K (after RoPE) and V in the ``cache`` collection;
     ``"step"`` takes one token per row, writes its K/V at slot ``token_index[0]`` of that
-    cache and attends over it with :func:`cached_attention`."""
+    cache and attends over it with :func:`cached_attention`. The cache keeps the ``heads``
+    activation sharding (slots over ``sp``, kv heads over ``tp``)."""
 
     config: ModelConfig
     attention: AttentionFn
@@ -161,8 +162,9 @@ class Attention(nn.Module):
         if not self.has_variable("cache", "k"):
             raise ValueError("kv_cache='step' needs the cache a kv_cache='prefill' call returned")
         cache_k, cache_v = self.variable("cache", "k"), self.variable("cache", "v")
-        cache_k.value = lax.dynamic_update_slice_in_dim(cache_k.value, k.astype(cache_k.value.dtype), slot, axis=1)
-        cache_v.value = lax.dynamic_update_slice_in_dim(cache_v.value, v.astype(cache_v.value.dtype), slot, axis=1)
+        for var, new in ((cache_k, k), (cache_v, v)):  # pinned: a sequence-sharded cache stays sharded
+            var.value = self.constrain(
+                lax.dynamic_update_slice_in_dim(var.value, new.astype(var.value.dtype), slot, axis=1), "heads")
         q_seg = lax.dynamic_slice_in_dim(key_segment_ids, slot, 1, axis=1)
         return cached_attention(q, cache_k.value, cache_v.value, q_seg, key_segment_ids, slot)
 

@@ -159,8 +159,10 @@ def score(cases: list[NeedleCase], grid: NeedleGrid, what: str = "correct") -> l
     return acc
 
 
-def evaluate(model, tok: TextTokenizer, hay: Haystack, grid: NeedleGrid, *, mesh=None, on_batch=None) -> NeedleReport:
-    """Run every case through greedy decoding; ``on_batch(n_done)`` reports progress."""
+def evaluate(model, tok: TextTokenizer, hay: Haystack, grid: NeedleGrid, *, mesh=None, on_batch=None,
+             kv_cache: bool = True) -> NeedleReport:
+    """Run every case through greedy decoding (KV-cached unless ``kv_cache=False``: see
+    ``greedy_generate``); ``on_batch(n_done)`` reports progress."""
     import time
 
     from lwmkit.trainer.generate import greedy_generate
@@ -174,7 +176,8 @@ def evaluate(model, tok: TextTokenizer, hay: Haystack, grid: NeedleGrid, *, mesh
             batch = group[i: i + grid.batch_size]
             prompts = [c.prompt for c in batch]
             prompts += [prompts[-1]] * (grid.batch_size - len(batch))  # a fixed batch shape
-            replies = greedy_generate(model, prompts, max_new=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh)
+            replies = greedy_generate(model, prompts, max_new=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh,
+                                      kv_cache=kv_cache)
             for c, r in zip(batch, replies, strict=False):
                 c.reply = tok.decode(r)
                 c.correct = is_correct(c.reply, c.needle)

@@ -3,6 +3,12 @@
 One step: split the global batch into ``grad_accum`` micro-batches, sum their gradients in a
 ``lax.scan`` (memory of one micro-batch), clip, AdamW, apply. Params and optimizer state are
 donated, so the step updates them in place.
+
+Accumulation is exact: each micro-batch's loss is divided by the WHOLE batch's loss weight
+per modality (``loss.modality_weights``), so the micro-batch losses, metrics and gradients
+add up to those of the undivided batch, however unevenly the loss weight (text vs vision,
+short vs long examples) falls across micro-batches. Averaging micro-batch means instead
+would weight a micro-batch with one loss-bearing token like one with thousands.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh):
 
     m = plan.manifest
 
-    def loss(params, batch):
+    def loss(params, batch, totals=None):
         return loss_and_metrics(
             params,
             batch,
@@ -59,6 +65,7 @@ def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh):
             layout=plan.config.layout,
             vision_loss_weight=m.vision_loss_weight,
             text_loss_weight=m.text_loss_weight,
+            totals=totals,
         )
 
     return loss
@@ -66,6 +73,30 @@ def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh):
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items() if jnp.ndim(v) == 0}
+
+
+def accumulate(loss: Any, params: Any, batch: dict[str, jax.Array], accum: int,
+               model: ModelConfig) -> tuple[Any, dict[str, jax.Array]]:
+    """``(grads, metrics)`` of ``batch`` computed ``accum`` micro-batches at a time.
+
+    ``loss(params, batch, totals)`` -> ``(value, metrics)`` (``totals=None``: the batch is
+    whole). Equal, up to float summation order, to ``accum == 1`` (see the module docstring).
+    """
+    from lwmkit.trainer.loss import modality_weights
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    if accum == 1:
+        (value, metrics), grads = grad_fn(params, batch, None)
+        return grads, {"loss": value, **_scalar_metrics(metrics)}
+    totals = modality_weights(batch, model)
+
+    def micro(grads, mb):
+        (value, metrics), g = grad_fn(params, mb, totals)
+        return jax.tree_util.tree_map(jnp.add, grads, g), {"loss": value, **_scalar_metrics(metrics)}
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    grads, per_micro = jax.lax.scan(micro, zeros, _micro_batches(batch, accum))
+    return grads, jax.tree_util.tree_map(lambda x: x.sum(0), per_micro)  # every metric is an additive share
 
 
 def build_step(
@@ -79,25 +110,14 @@ def build_step(
     from lwmkit.trainer.mesh import batch_sharding, param_shardings
 
     accum = plan.optimizer.grad_accum
-    loss = jax.value_and_grad(_loss_fn(model, plan, mesh), has_aux=True)
+    loss = _loss_fn(model, plan, mesh)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     p_sh = param_shardings(abstract_params, mesh)
     o_sh = param_shardings(abstract_opt, mesh)
     b_sh = batch_sharding(mesh, plan.batch_size // accum)
 
     def step(params, opt_state, batch):
-        def micro(grads, mb):
-            (value, metrics), g = loss(params, mb)
-            grads = jax.tree_util.tree_map(jnp.add, grads, g)
-            return grads, {"loss": value, **_scalar_metrics(metrics)}
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        if accum == 1:
-            grads, metrics = micro(zeros, batch)
-        else:
-            grads, per_micro = jax.lax.scan(micro, zeros, _micro_batches(batch, accum))
-            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
-            metrics = jax.tree_util.tree_map(jnp.mean, per_micro)
+        grads, metrics = accumulate(loss, params, batch, accum, model)
         metrics["grad_norm"] = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

@@ -42,6 +42,7 @@ def needle(
     sequence: int = typer.Option(1, "--sequence-parallel", help="Shard the sequence over this many devices (ring attention)."),
     tensor: int = typer.Option(1, "--tensor-parallel", help="Shard heads/MLP over this many devices (the rest shard params, FSDP-style)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Haystacks decoded together."),
+    kv_cache: bool = typer.Option(True, "--kv-cache/--no-kv-cache", help="Decode against a KV cache (sharded like the activations); --no-kv-cache re-runs the whole context per answer token (slower; holds no cache)."),
     seed: int = typer.Option(0, "--seed", help="Seed of needles, depths and haystack offsets."),
     title: str = typer.Option(None, "--title", help="Heatmap title."),
 ) -> None:
@@ -80,7 +81,7 @@ def needle(
     step(f"needle eval: stage {model.stage} (trained at {n} tokens, RoPE theta {model.rope_theta:g}) "
          f"on lengths {list(grid.lengths)} x depths {list(grid.depths)}, {total} questions")
     with bar("needle questions", total) as advance:
-        report = evaluate(model, tok, hay, grid, mesh=mesh, on_batch=advance)
+        report = evaluate(model, tok, hay, grid, mesh=mesh, on_batch=advance, kv_cache=kv_cache)
     paths = write_report(report, out, title)
     for length, row in zip(report.lengths, report.accuracy, strict=True):
         step(f"  {length:>7} tokens: " + "  ".join(f"{d:g}%={a:.2f}" for d, a in zip(report.depths, row, strict=True)))

@@ -4,7 +4,8 @@ Checked three ways: per-slot hidden states of prefill + cached steps equal a ful
 pass over the finished buffer (left padding, GQA, scanned and unrolled layers, fp32 and
 bf16); greedy replies of the cached and uncached decoders are identical on a random model
 and on a model trained until it continues arithmetic sequences (so argmaxes are not ties);
-and a mesh without sequence sharding takes the cached path.
+and every mesh (tensor- and sequence-sharded, where the cache is split by slots) decodes
+with the cache and agrees with the uncached ring decoder.
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ def test_step_without_a_prefilled_cache_is_refused():
 
 
 _MESH_SCRIPT = """
-import jax, numpy as np
+import jax, jax.numpy as jnp, numpy as np
 from lwmkit.schemas import MeshConfig, ModelConfig
-from lwmkit.trainer.generate import LoadedModel, greedy_generate
+from lwmkit.trainer.generate import LoadedModel, greedy_generate, left_pad
+from lwmkit.trainer.loss import build_model
 from lwmkit.trainer.mesh import make_mesh, param_shardings
 from lwmkit.trainer.model import init_params
 cfg = ModelConfig(text_vocab_size=96, vision_vocab_size=0, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -158,22 +160,38 @@ cfg = ModelConfig(text_vocab_size=96, vision_vocab_size=0, d_model=32, n_layers=
 params = init_params(cfg, jax.random.PRNGKey(1))
 prompts = [np.random.default_rng(0).integers(3, 96, size=n).tolist() for n in (40, 17)]
 out = {}
-for name, mc in (("none", None), ("tp2", MeshConfig(data=1, fsdp=-1, tensor=2, sequence=1)),
-                 ("sp2", MeshConfig(data=1, fsdp=-1, tensor=1, sequence=2))):
+for name, mc, cached in (("none", None, True), ("tp2", MeshConfig(data=1, fsdp=-1, tensor=2, sequence=1), True),
+                         ("sp2", MeshConfig(data=1, fsdp=-1, tensor=1, sequence=2), True),
+                         ("sp4", MeshConfig(data=1, fsdp=1, tensor=1, sequence=4), True),
+                         ("sp2tp2", MeshConfig(data=1, fsdp=1, tensor=2, sequence=2), True),
+                         ("sp4-uncached", MeshConfig(data=1, fsdp=1, tensor=1, sequence=4), False)):
     mesh = None if mc is None else make_mesh(mc)
     p = params if mesh is None else jax.device_put(params, param_shardings(params, mesh))
     model = LoadedModel(p, cfg, 10000.0, "s", 64, None, "mem", 0)
-    out[name] = greedy_generate(model, prompts, max_new=6, eos_id=2, mesh=mesh, block=16)
+    out[name] = greedy_generate(model, prompts, max_new=6, eos_id=2, mesh=mesh, block=16, kv_cache=cached)
     print(name, [k[-1] for k in model.decoders], out[name])
-assert out["none"] == out["tp2"] == out["sp2"], out
+assert len({str(v) for v in out.values()}) == 1, out
+# The prefill's cache on an sp=4 mesh: each device holds a quarter of the slots.
+mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1, sequence=4))
+ids, seg, pos, _ = left_pad(prompts, 64, 0)
+net = build_model(cfg, 10000.0, mesh).clone(kv_cache="prefill")
+p = jax.device_put(params, param_shardings(params, mesh))
+_, cache = jax.jit(lambda p, i, s, q: net.apply({"params": p}, i, jnp.zeros(i.shape, bool), q, s, mutable=["cache"]))(
+    p, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos))
+shards = {a.addressable_shards[0].data.shape for a in jax.tree_util.tree_leaves(cache)}
+print("cache-shards", sorted(shards))
+assert shards == {(2, 16, 2, 8)}, shards
 """
 
 
 @pytest.mark.slow
-def test_meshes_without_sequence_sharding_use_the_cache_and_agree_with_ring_decoding():
+def test_every_mesh_decodes_with_a_cache_sharded_like_its_activations_and_agrees():
+    """No mesh, tp, sp (the cache sharded over the sequence), sp x tp, and the uncached ring
+    decoder all give the same replies; the sequence-sharded cache is split by slots."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert lines["none"].startswith("[True]") and lines["tp2"].startswith("[True]")  # cached
-    assert lines["sp2"].startswith("[False]")  # sequence-sharded: ring attention, no cache
+    for name in ("none", "tp2", "sp2", "sp4", "sp2tp2"):
+        assert lines[name].startswith("[True]"), lines  # cached
+    assert lines["sp4-uncached"].startswith("[False]")

@@ -149,21 +149,24 @@ def _save_checkpoint(root: Path, tok: TextTokenizer) -> Path:
 
 @pytest.mark.slow
 def test_eval_cli_single_device_and_ring_agree(tmp_path: Path, tok: TextTokenizer):
+    """One device (cached), the sequence over 2 devices with the cache sharded by slots, and
+    the same mesh with a full ring-attention pass per token: the same replies."""
     ckpt = _save_checkpoint(tmp_path / "ck", tok)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     outs = {}
-    for sp in (1, 2):
-        out = tmp_path / f"eval-sp{sp}"
+    for sp, cache in ((1, "--kv-cache"), (2, "--kv-cache"), (2, "--no-kv-cache")):
+        out = tmp_path / f"eval-sp{sp}{cache}"
         cmd = [sys.executable, "-m", "lwmkit.cli", "eval", "needle", "--checkpoint", str(ckpt), "--lengths", "192",
-               "--depths", "0,100", "--trials", "1", "--batch-size", "2", "--out", str(out), "--sequence-parallel", str(sp)]
+               "--depths", "0,100", "--trials", "1", "--batch-size", "2", "--out", str(out), "--sequence-parallel", str(sp),
+               cache]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / "needle.json").read_text())
         assert summary["lengths"] == [192] and len(summary["accuracy"][0]) == 2 and summary["cases"] == 2
         assert summary["trained_seq_len"] == 256 and summary["stage"] == "s256"
         assert (out / "needle_heatmap.png").stat().st_size > 1000
-        outs[sp] = [json.loads(line)["reply"] for line in (out / "cases.jsonl").read_text().splitlines()]
-    assert outs[1] == outs[2]  # ring attention over 2 devices decodes exactly what one device does
+        outs[sp, cache] = [json.loads(line)["reply"] for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert outs[1, "--kv-cache"] == outs[2, "--kv-cache"] == outs[2, "--no-kv-cache"], outs
 
 
 def test_eval_cli_refuses_a_foreign_tokenizer(tmp_path: Path, tok: TextTokenizer):
