@@ -27,8 +27,17 @@ import numpy as np
 
 from lwmkit.pipelines.audit import AuditConfig, open_shard_set, recount, recount_local, recount_shard
 from lwmkit.schemas import (
-    Manifest, PackedMeta, SegmentInfo, ShardSet, TokenCounts, VocabLayout, build_shard, encode_sample, shard_entry,
-    shard_name, write_atomic,
+    Manifest,
+    PackedMeta,
+    SegmentInfo,
+    ShardSet,
+    TokenCounts,
+    VocabLayout,
+    build_shard,
+    encode_sample,
+    shard_entry,
+    shard_name,
+    write_atomic,
 )  # fmt: skip
 
 VOCAB = VocabLayout(

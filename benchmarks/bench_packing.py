@@ -17,6 +17,7 @@ import argparse
 import time
 
 import numpy as np
+
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.packing import ALGORITHMS, pack_lengths, packing_efficiency
 from lwmkit.pipelines.sequences import assemble

@@ -22,9 +22,8 @@ from lwmkit.pipelines.chunking import chunk_text, clean_book
 from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig
 from lwmkit.pipelines.qa_prompt import load_prompt
-from lwmkit.tokenizers.text import TextTokenizer
-
 from lwmkit.sample_data import book_source
+from lwmkit.tokenizers.text import TextTokenizer
 
 
 def _book(tmp: Path, n_chunks: int, budget: int) -> tuple[Path, list[str]]:

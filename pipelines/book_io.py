@@ -22,6 +22,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
 from lwmkit.schemas.dead_letters import DeadLetter
 
 JOB = "books"

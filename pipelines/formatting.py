@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.vocab import VocabLayout
 from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer

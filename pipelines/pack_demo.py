@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
 from lwmkit.schemas.records import BOOK_CHUNK, VISION_RECORD, chunk_id, vision_record_id, write_table
 from lwmkit.schemas.vocab import CODES_PER_FRAME
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+
 from lwmkit.pipelines.formatting import Example, book_chat_examples, text_example, vision_example
 from lwmkit.schemas.dead_letters import DeadLetter
 from lwmkit.schemas.errors import ContractError

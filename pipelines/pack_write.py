@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.packing import StreamingPacker
 from lwmkit.pipelines.sequences import assemble

@@ -23,6 +23,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from lwmkit.schemas.mixture import PackerName
 
 ALGORITHMS: tuple[str, ...] = ("best_fit_decreasing", "first_fit", "next_fit")

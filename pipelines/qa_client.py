@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+
 from lwmkit.pipelines.qa_prompt import ParseError, QAPrompt, parse_qa
 
 DEFAULT_API_KEY_ENV = "LWMKIT_QA_API_KEY"

@@ -16,10 +16,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
 from lwmkit.pipelines.book_io import NAMESPACE, dead_letter
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, QAResult, ResponseCache
 from lwmkit.pipelines.qa_prompt import QAPrompt
-
 from lwmkit.progress import step
 
 

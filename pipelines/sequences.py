@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.packing import cut_points, split_lengths
 from lwmkit.schemas.packed import PACKED_ARRAYS, PackedMeta, SegmentInfo

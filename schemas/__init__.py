@@ -13,10 +13,16 @@ from lwmkit.schemas.dead_letters import DeadLetter, read_dead_letters
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenCounts, load_manifest
 from lwmkit.schemas.mixture import MixtureConfig, SourceConfig
-from lwmkit.schemas.packed import PACKED_ARRAYS, PackedMeta, SegmentInfo, decode_sample, encode_sample, validate_packed
+from lwmkit.schemas.packed import (
+    PACKED_ARRAYS,
+    PackedMeta,
+    SegmentInfo,
+    decode_sample,
+    encode_sample,
+    validate_packed,
+)
 from lwmkit.schemas.records import (
     BOOK_CHUNK,
-    CONTRACTS as CONTRACT_NAMES,
     DEAD_LETTER,
     VISION_RECORD,
     ParquetContract,
@@ -27,7 +33,17 @@ from lwmkit.schemas.records import (
     vision_record_id,
     write_table,
 )
-from lwmkit.schemas.shards import ShardSet, build_shard, iter_tar_samples, shard_entry, shard_name, write_atomic
+from lwmkit.schemas.records import (
+    CONTRACTS as CONTRACT_NAMES,
+)
+from lwmkit.schemas.shards import (
+    ShardSet,
+    build_shard,
+    iter_tar_samples,
+    shard_entry,
+    shard_name,
+    write_atomic,
+)
 from lwmkit.schemas.strict import from_dict, to_dict
 from lwmkit.schemas.training import (
     CheckpointConfig,

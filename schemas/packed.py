@@ -106,7 +106,7 @@ def _validate(arrays: dict[str, np.ndarray], meta: PackedMeta) -> None:
     require(not np.any(arrays["vision_mask"][pad]), "vision_mask", "padding is marked vision")
     starts = np.flatnonzero(np.diff(seg, prepend=-1) != 0)
     ends = np.append(starts[1:], meta.seq_len)
-    for s, end in zip(starts.tolist(), ends.tolist()):  # each run of one segment counts 0, 1, 2, ...
+    for s, end in zip(starts.tolist(), ends.tolist(), strict=True):  # each run of one segment counts 0, 1, 2, ...
         if seg[s] == 0:
             continue
         if not np.array_equal(pos[s:end], np.arange(end - s)):

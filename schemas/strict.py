@@ -66,7 +66,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ContractError(f"must have {len(args)} items, got {len(value)}", field=path)
-            return tuple(_convert(v, a, _join(path, i)) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_convert(v, a, _join(path, i)) for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         items = [_convert(v, item, _join(path, i)) for i, v in enumerate(value)]
         return tuple(items) if (origin is tuple or tp is tuple) else items

@@ -57,7 +57,7 @@ def add_vision_params(params: Tree, model: ModelConfig, rng: jax.Array, *, shard
     k1, k2 = jax.random.split(rng)
     shapes = {VISION_KEYS[0]: (model.vision_vocab_size, model.d_model), VISION_KEYS[1]: (model.d_model, model.vision_vocab_size)}
     sh = flatten(shardings) if shardings is not None else {}
-    for key, k in zip(VISION_KEYS, (k1, k2)):
+    for key, k in zip(VISION_KEYS, (k1, k2), strict=True):
         if key in flat:
             raise ContractError(f"already has {key}", field=key)
         fresh = model.init_std * jax.random.normal(k, shapes[key], jnp.float32)

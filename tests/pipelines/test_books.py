@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from lwmkit.cli import main
 from lwmkit.pipelines.books import run
 from lwmkit.pipelines.chunking import clean_book
 from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig, ServerError
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.text import TextTokenizer
-
-from lwmkit.cli import main
 
 pytest.importorskip("llama_cpp", reason="the qa extra (llama-cpp-python) is not installed")
 BUDGET = 110

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
 from lwmkit.pipelines.books import run
 from lwmkit.pipelines.chunking import chunk_text, clean_book
 from lwmkit.schemas.dead_letters import read_dead_letters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lwmkit.pipelines.formatting import book_chat_examples, format_text, format_vision, vision_example
 from lwmkit.schemas import SourceConfig
 from lwmkit.tokenizers.text import ASSISTANT, TextTokenizer

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from lwmkit.pipelines.pack import run_pack
 from lwmkit.pipelines.pack_demo import write_demo_mixture, write_vision_records
 from lwmkit.schemas import VISION_RECORD, ContractError, ShardSet, read_dead_letters, read_table, write_table
@@ -200,8 +201,9 @@ def test_config_errors_are_clear(inputs, tmp_path):
 def test_reads_and_writes_a_bucket(tmp_path, botchan, monkeypatch):
     """Inputs in an S3 bucket (moto's server), shards written to the bucket, read back verified."""
     import fsspec
-    from lwmkit.pipelines.pack_demo import write_text_sources
     from moto.server import ThreadedMotoServer
+
+    from lwmkit.pipelines.pack_demo import write_text_sources
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from lwmkit.pipelines.pack import run_pack
 from lwmkit.pipelines.pack_demo import write_demo_mixture
 from lwmkit.schemas import ShardSet

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.packing import (
     ALGORITHMS,

@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, ResponseCache
 from lwmkit.pipelines.qa_prompt import ParseError, load_prompt, parse_qa
 

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from lwmkit.schemas import ContractError, Manifest, ShardEntry, TokenCounts, VocabLayout, load_manifest, to_dict
+from lwmkit.schemas import (
+    ContractError,
+    Manifest,
+    ShardEntry,
+    TokenCounts,
+    VocabLayout,
+    load_manifest,
+    to_dict,
+)
 
 LAYOUT = VocabLayout(text_vocab_size=8000, bos_id=1, eos_id=2, vision_start_ids=(7915, 3), vision_end_ids=(7915, 4))
 

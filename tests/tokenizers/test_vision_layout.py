@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lwmkit.schemas import ContractError, VocabLayout
-from lwmkit.tokenizers.vision_layout import block_length, decode_block, encode_block, find_blocks, sample_frames
+from lwmkit.tokenizers.vision_layout import (
+    block_length,
+    decode_block,
+    encode_block,
+    find_blocks,
+    sample_frames,
+)
 
 LLAMA = VocabLayout(text_vocab_size=32000, bos_id=1, eos_id=2, vision_start_ids=(529, 4924, 29958), vision_end_ids=(1533, 4924, 29958))
 

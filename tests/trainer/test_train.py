@@ -92,7 +92,7 @@ def test_two_stages_grow_the_context(shards, tmp_path):
     from lwmkit.schemas import load_manifest
 
     assert [e["stage"] for e in meta["lineage"]] == ["s512", "s2048"]
-    for entry, seq_len in zip(meta["lineage"], (512, 2048)):
+    for entry, seq_len in zip(meta["lineage"], (512, 2048), strict=True):
         assert entry["manifest_sha256"] == load_manifest(f"{shards[seq_len]}/manifest.json").sha256
         assert entry["seq_len"] == seq_len
     assert meta["config"]["stages"][1]["layout"] == "zigzag" and meta["code_version"].startswith("lwmkit")
