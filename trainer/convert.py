@@ -179,11 +179,19 @@ def to_llama(params: Tree, model: ModelConfig, layout: Layout = "hf") -> dict[st
 
 def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layout = "hf", *, source: str = "") -> Tree:
     """Inverse of :func:`to_llama`: text params (no vision parameters) for ``model``."""
+    from lwmkit.trainer.model import param_shapes
+
+    want = flatten(param_shapes(model))
     flat = {}
     for ours, theirs in _names(model, layout).items():
         if theirs not in tensors:
             raise ContractError("tensor is missing", field=theirs, source=source)
         w = np.asarray(tensors[theirs], np.float32)
+        expect = tuple(want[ours].shape)
+        expect = expect[::-1] if len(expect) == 2 and not ours.endswith("embedding") else expect  # [out, in]
+        if tuple(w.shape) != expect:
+            raise ContractError(f"shape {tuple(w.shape)} != {expect} the model config expects", field=theirs,
+                                source=source)
         heads = _heads_of(ours, model)
         if heads and layout == "hf":
             w = rotate_half_to_interleaved(w, heads)
@@ -195,11 +203,12 @@ def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layou
     return params
 
 
-def load_llama(path: str, model: ModelConfig, layout: Layout = "hf") -> Tree:
-    """Text params from LLaMA safetensors files (one path, or a folder of ``*.safetensors``)."""
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of one ``.safetensors`` file, or of all of them in a folder (HF shards)."""
     import glob
     import os
 
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
@@ -207,8 +216,16 @@ def load_llama(path: str, model: ModelConfig, layout: Layout = "hf") -> Tree:
         raise ContractError("no .safetensors files (pickled .pth/.bin files are refused)", source=path)
     tensors: dict[str, np.ndarray] = {}
     for f in files:
-        tensors.update(load_file(f))
-    return from_llama(tensors, model, layout, source=path)
+        try:
+            tensors.update(load_file(f))
+        except (SafetensorError, OSError) as err:
+            raise ContractError(f"is not a readable safetensors file ({err})", source=f) from None
+    return tensors
+
+
+def load_llama(path: str, model: ModelConfig, layout: Layout = "hf") -> Tree:
+    """Text params from LLaMA safetensors files (one path, or a folder of ``*.safetensors``)."""
+    return from_llama(read_safetensors(path), model, layout, source=path)
 
 
 def save_llama(params: Tree, model: ModelConfig, path: str, layout: Layout = "hf") -> None:

@@ -90,3 +90,10 @@ def test_text_to_vision_adds_fresh_parameters(params):
         convert.add_vision_params(grown, VISION, jax.random.PRNGKey(3))
     with pytest.raises(ContractError, match="no vision vocabulary"):
         convert.add_vision_params(text, TEXT, jax.random.PRNGKey(3))
+
+
+def test_llama_shape_errors_name_the_source_tensor(params):
+    tensors = convert.to_llama(convert.without_vision(params), TEXT, "hf")
+    tensors["model.layers.1.mlp.down_proj.weight"] = np.zeros((32, 64), np.float32)
+    with pytest.raises(ContractError, match=r"'model.layers.1.mlp.down_proj.weight': shape \(32, 64\) != \(32, 48\)"):
+        convert.from_llama(tensors, TEXT, "hf")

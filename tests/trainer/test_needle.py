@@ -132,18 +132,15 @@ def test_left_pad_layout():
 
 
 def _save_checkpoint(root: Path, tok: TextTokenizer) -> Path:
-    """A real trainer checkpoint (random weights) with the meta the trainer writes."""
-    from lwmkit.schemas import CheckpointConfig, StageConfig, TrainConfig, to_dict
-    from lwmkit.trainer.checkpoint import StageCheckpoints
+    """A real trainer checkpoint (random weights), written the way the trainer writes one."""
+    from lwmkit.schemas import CheckpointConfig, StageConfig, TrainConfig
+    from lwmkit.trainer.convert_checkpoint import write_checkpoint
 
     model = ModelConfig(**{**TINY.__dict__, "attention_block": 64})
     stage = StageConfig(name="s256", seq_len=256, rope_theta=10000.0, data="unused", steps=1, batch_size=1)
     cfg = TrainConfig(model=model, stages=(stage,), checkpoint=CheckpointConfig(dir=str(root)))
     params = init_params(model, jax.random.PRNGKey(0))
-    ck = StageCheckpoints(str(root), "s256", keep=1, async_save=False)
-    meta = {"stage": "s256", "config": to_dict(cfg), "lineage": [{"stage": "s256", "tokenizer_id": tok.id}]}
-    ck.save(1, params, {"count": np.zeros((), np.int32)}, meta, final=True)
-    ck.close()
+    write_checkpoint(str(root), cfg, params, [{"stage": "s256", "tokenizer_id": tok.id}], note="random init", step=1)
     return root / "s256"
 
 
