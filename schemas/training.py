@@ -129,6 +129,7 @@ class StageConfig:
         require(bool(self.name) and "/" not in self.name, "name", "must be non-empty without '/'")
         require(self.seq_len > 0, "seq_len", "must be positive")
         require(self.rope_theta > 0, "rope_theta", "must be positive")
+        require(self.init_from is None or checkpoint_location_ok(self.init_from), "init_from", CHECKPOINT_LOCATIONS)
         require((self.steps is None) != (self.tokens is None), "steps", "give exactly one of steps or tokens")
         require(self.steps is None or self.steps > 0, "steps", "must be positive")
         require(self.tokens is None or self.tokens > 0, "tokens", "must be positive")
@@ -160,6 +161,16 @@ class StageConfig:
         return -(-self.tokens // self.tokens_per_batch)
 
 
+# Orbax writes arrays through TensorStore, whose paths it accepts local or gs:// only (s3://
+# is mangled to "s3:/" and refused deep inside a save, after a whole stage of training).
+CHECKPOINT_LOCATIONS = ("must be a local path (or a mounted bucket) or gs://...: checkpoints are written by "
+                        "orbax/TensorStore, which takes no other URL scheme (shards may be on any fsspec URL)")
+
+
+def checkpoint_location_ok(path: str) -> bool:
+    return "://" not in path or path.startswith("gs://")
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     """Where checkpoints go (local or bucket), how often, and how many recent ones to keep.
@@ -173,6 +184,7 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.dir), "dir", "must not be empty")
+        require(checkpoint_location_ok(self.dir), "dir", CHECKPOINT_LOCATIONS)
         require(self.every_steps > 0, "every_steps", "must be positive")
         require(self.keep >= 1, "keep", "must be >= 1")
 

@@ -82,6 +82,9 @@ def test_mixture_errors_name_file_and_field(tmp_path, mutate, message):
         # a decaying schedule without its target would silently stay constant
         (lambda d: d.update(optimizer={"schedule": "linear"}), r"field 'optimizer.end_lr': is required with schedule 'linear'"),
         (lambda d: d.update(optimizer={"end_lr": 1e-5}), r"field 'optimizer.end_lr': is only used by a cosine or linear"),
+        # orbax/TensorStore writes local or gs:// only: refuse s3:// before a stage trains, not at its first save
+        (lambda d: d["checkpoint"].update(dir="s3://bucket/ck"), r"field 'checkpoint.dir': must be a local path"),
+        (lambda d: d["stages"][0].update(init_from="s3://bucket/ck/s1"), r"field 'stages\[0\].init_from': must be a local"),
     ],
 )
 def test_train_errors_name_file_and_field(tmp_path, mutate, message):
