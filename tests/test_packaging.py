@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -44,8 +45,13 @@ def test_wheel_has_only_the_lwmkit_namespace(wheel):
 def test_wheel_installs_beside_hugging_face_tokenizers(wheel, tmp_path):
     pytest.importorskip("tokenizers")  # Hugging Face's, from the dev extra
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    # the test's own environment (a venv: system_site_packages would reach the base interpreter's
+    # instead) supplies the dependencies; a plain path line, so its editable lwmkit finder stays out
+    deps = sysconfig.get_paths()["purelib"]
+    (Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  text=True).strip()) / "deps.pth").write_text(deps + "\n")
     target = env_dir / "wheel-site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
     site = str(target)
