@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from lwmkit.pipelines.dead_letters import write_atomic
 from lwmkit.pipelines.decode import DecodeConfig
@@ -23,7 +23,7 @@ from lwmkit.pipelines.vision_output import record_files
 from lwmkit.pipelines.vision_steps import localise
 from lwmkit.tokenizers.vision_layout import sample_frames
 
-_LABEL = 14  # pixels of caption strip under each row
+_FONT = 16  # caption size in pixels (PIL's bundled FreeType font: readable at any DPI)
 
 
 def first_records(output: str, n: int) -> list[dict]:
@@ -66,19 +66,23 @@ def write_preview(
         raise FileNotFoundError(f"no vision records under {output}")
     model = vqgan.load(checkpoint)
     side = model.config.resolution
+    # columns for the longest record shown, not for the budget: short clips would leave half the grid blank
+    frames = max(1, min(frames, max(r["n_frames"] for r in records)))
+    font = ImageFont.load_default(size=_FONT)
+    label_h = _FONT + 8
     rows = []
     for record in records:
         codes = np.asarray(record["tokens"], dtype=np.int32).reshape(record["n_frames"], -1)
         picks = sample_frames(record["n_frames"], frames)
         recon = model.decode(codes[picks])
         originals = original_frames(record, picks)
-        row = Image.new("RGB", (2 * frames * side, side + _LABEL), "white")
+        row = Image.new("RGB", (2 * frames * side, side + label_h), "white")
         for j, (orig, rec) in enumerate(zip(originals, recon, strict=True)):
             if orig is not None:
                 row.paste(Image.fromarray(orig), (2 * j * side, 0))
             row.paste(Image.fromarray(rec), ((2 * j + 1) * side, 0))
         label = f"{os.path.basename(record['uri'])} [{record['start_s']:.1f}-{record['end_s']:.1f}s] frames {list(map(int, picks))}"
-        ImageDraw.Draw(row).text((4, side + 1), label + "   (original | VQGAN reconstruction)", fill="black")
+        ImageDraw.Draw(row).text((4, side + 3), label + "   (original | VQGAN reconstruction)", fill="black", font=font)
         rows.append(row)
     grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
     for i, row in enumerate(rows):

@@ -106,7 +106,8 @@ def test_demo_summary_names_every_artefact_and_rerun_resumes(demo: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     again = json.loads((demo / "summary.json").read_text())
     assert set(again["steps"]) == set(result["steps"]) and all(v == 0 for v in again["steps"].values())
-    assert "done earlier, skipped" in proc.stderr
+    assert again["ran_in"] == pytest.approx(result["ran_in"], abs=0.06)  # the first run's times are kept
+    assert "done earlier, skipped" in proc.stderr and "| done earlier |" in (demo / "SUMMARY.md").read_text()
 
 
 def test_demo_refuses_unknown_size(tmp_path: Path):
@@ -134,9 +135,11 @@ def test_runner_skips_finished_steps_and_reruns_stale_ones(tmp_path: Path):
     assert runs == ["a", "c", "d"]
     assert json.loads((tmp_path / ".demo" / "train.done").read_text())["key"] == config_key(cfg)
     # a command step: the same arguments skip, other arguments run again
-    assert r.step("hello", [sys.executable, "-c", "print('a')"])
-    assert not r.step("hello", [sys.executable, "-c", "print('a')"])
-    assert r.result.steps["hello"] == 0.0
+    slow_a = [sys.executable, "-c", "import time; time.sleep(0.2); print('a')"]
+    assert r.step("hello", slow_a)
+    ran_in = r.result.ran_in["hello"]
+    assert not r.step("hello", slow_a)
+    assert r.result.steps["hello"] == 0.0 and r.result.ran_in["hello"] == round(ran_in, 1) > 0  # time kept
     assert r.step("hello", [sys.executable, "-c", "print('b')"])
     assert r.result.steps["hello"] > 0.0
     assert r.step("hello", [sys.executable, "-c", "print('b')"], again=True)  # its input was remade

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

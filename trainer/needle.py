@@ -207,11 +207,18 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
     ax.set_yticks(range(len(report.depths)), [f"{d:g}%" for d in report.depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
+    trials = _trials(report)  # [depths, lengths]
     for (i, j), v in np.ndenumerate(acc):
-        ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.text(j, i, "" if np.isnan(v) else f"{v:.2f} (n={trials[i, j]})", ha="center", va="center", fontsize=7)
     if report.trained_seq_len:
-        ax.axvline(_trained_edge(report), color="black", linestyle="--", linewidth=1)
-    ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)})",
+        edge = _trained_edge(report)
+        beyond = "" if edge < len(report.lengths) - 1 else ", every column within it"
+        ax.axvline(edge, color="black", linestyle="--", linewidth=1.5,
+                   label=f"trained context {_k(report.trained_seq_len)}{beyond}")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
+    per_cell = sorted({int(n) for n in trials.flat if n})
+    n_label = f"{per_cell[0]} trials per cell" if len(per_cell) == 1 else "n trials per cell as marked"
+    ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)}), {n_label}",
                  fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="digit accuracy" if digits else "exact retrieval")
     fig.tight_layout()
@@ -222,6 +229,15 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
 
 def _k(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _trials(report: NeedleReport) -> np.ndarray:
+    """How many cases each (depth, length) cell holds."""
+    counts = np.zeros((len(report.depths), len(report.lengths)), dtype=int)
+    for c in report.cases:
+        if c.length in report.lengths and c.depth in report.depths:
+            counts[report.depths.index(c.depth), report.lengths.index(c.length)] += 1
+    return counts
 
 
 def _trained_edge(report: NeedleReport) -> float:

@@ -165,9 +165,16 @@ def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
     _, out, _ = good_run
     png = write_preview(str(out), 3, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "p.png"), frames=2)
     image = Image.open(png)
-    assert image.size == (4 * 256, 3 * (256 + 14))
+    assert image.size == (4 * 256, 3 * (256 + 24))
     pixels = np.asarray(image.convert("RGB"))
     assert pixels[:256, :256].std() > 10 and pixels[:256, 256:512].std() > 10  # original and reconstruction
+    # a budget above the records' frame counts: as many columns as the longest record, none left blank
+    from lwmkit.pipelines.preview import first_records
+
+    longest = max(r["n_frames"] for r in first_records(str(out), 3))
+    wide = Image.open(write_preview(str(out), 3, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "w.png"), frames=64))
+    assert wide.size[0] == 2 * min(64, longest) * 256
+    assert np.asarray(wide.convert("RGB"))[:, -256:].std() > 10  # the last column is drawn
 
 
 @pytest.mark.slow

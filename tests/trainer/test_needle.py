@@ -23,6 +23,7 @@ from lwmkit.trainer.model import LWMModel, init_params
 from lwmkit.trainer.needle import (
     NeedleGrid,
     NeedleReport,
+    _trials,
     answer_budget,
     build_cases,
     digit_score,
@@ -89,6 +90,19 @@ def test_scoring_and_heatmap(tmp_path: Path, hay: Haystack):
     plot_heatmap(report, str(tmp_path / "h.png"))
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.overall == 0.5
+    assert _trials(report).tolist() == [[1, 1], [1, 1]]  # printed in each cell as n=1
+    # trained at the largest length: the dashed line sits on the border, so the legend names it
+    import matplotlib.pyplot as plt
+
+    seen = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (seen.append(fig.axes[0].get_legend()), real_savefig(fig, *a, **k))[1]
+    try:
+        plot_heatmap(NeedleReport([256, 512], [0.0, 100.0], acc, cases, stage="s", trained_seq_len=512), str(tmp_path / "w.png"))
+    finally:
+        plt.Figure.savefig = real_savefig
+    (legend,) = seen
+    assert [t.get_text() for t in legend.get_texts()] == ["trained context 512, every column within it"]
 
 
 def _naive_greedy(config: ModelConfig, params, prompt: list[int], n: int, width: int = 32) -> list[int]:
