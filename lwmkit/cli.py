@@ -8,10 +8,12 @@ print one clear line (file, field, reason) and exit with status 2.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import sys
 
 import typer
+import typer.core
 
 from lwmkit import __version__, commands
 from lwmkit.progress import error
@@ -33,6 +35,66 @@ for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.nam
     _module = importlib.import_module(f"lwmkit.commands.{_info.name}")
     if hasattr(_module, "register"):
         _module.register(app)
+
+# `lwmkit --help` lists the commands in the order the data flows through them; others follow.
+PIPELINE_ORDER = ("sample-data", "tokenizer", "vqgan", "vision", "vision-preview", "books", "needle-data", "pack",
+                  "audit", "train", "eval", "convert", "validate", "demo")
+
+
+def _flow_position(info) -> int:
+    name = info.name or ""
+    return PIPELINE_ORDER.index(name) if name in PIPELINE_ORDER else len(PIPELINE_ORDER)
+
+
+app.registered_commands.sort(key=_flow_position)
+app.registered_groups.sort(key=_flow_position)
+
+
+def _conventional(display_type):
+    """Typer 0.29 labels every value with its Python type ("<bool>", "<list[str]>") and a required
+    argument as "{config}"; show what command-line tools conventionally show instead: nothing for a
+    flag, TEXT / INTEGER / FLOAT / PATH, choices as [a|b], a repeatable option as "TEXT ..."."""
+
+    def label(self, ctx):
+        shown = display_type(self, ctx)
+        if not (isinstance(shown, str) and shown.startswith("<") and shown.endswith(">")):
+            return shown
+        inner, many = shown[1:-1], ""
+        if inner.startswith("list[") and inner.endswith("]"):
+            inner, many = inner[5:-1], " ..."
+        if inner == "bool":
+            return "" if not many else "BOOLEAN ..."
+        if "|" in inner:
+            return f"[{inner}]{many}"
+        return {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH"}.get(inner, inner.upper()) + many
+
+    return label
+
+
+def _usage_name(self) -> str:
+    name = self.display_name_raw.upper()
+    name = name if self.required else f"[{name}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+if hasattr(typer.core, "_TyperParameter") and hasattr(typer.core._TyperParameter, "display_type"):
+    typer.core._TyperParameter.display_type = _conventional(typer.core._TyperParameter.display_type)
+if hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _usage_name
+
+
+class _BeamImportNoise(logging.Filter):
+    """Beam logs two warnings on import that say nothing about lwmkit's jobs: BigQuery's optional
+    client (apitools) is missing, and the `resource` module check for RunInference's memory
+    estimate. Dropped from the root logger, where Beam logs them; every other record passes."""
+
+    NOISE = ("apitools not found", "Resource module is not available")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(str(record.msg).startswith(n) for n in self.NOISE)
+
+
+logging.getLogger().addFilter(_BeamImportNoise())
 
 
 def _version(value: bool) -> None:

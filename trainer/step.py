@@ -118,7 +118,7 @@ def build_step(
 
     def step(params, opt_state, batch):
         grads, metrics = accumulate(loss, params, batch, accum, model)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, metrics

@@ -9,7 +9,9 @@ import typer
 
 def demo(
     out: str = typer.Option("lwmkit-demo", "--out", help="Output folder (a re-run resumes it)."),
-    size: str = typer.Option("smallest", "--size", help="smallest: a few minutes on 2 cores (the long-context proof is benchmarks/bench_needle_proof.py)."),
+    # One size today ("smallest", a few minutes on 2 cores), so the option stays out of --help; the
+    # long-context proof is benchmarks/bench_needle_proof.py.
+    size: str = typer.Option("smallest", "--size", hidden=True),
 ) -> None:
     """Sample data -> vision job -> book-QA job (local SmolLM2) -> pack per stage -> audit (gated)
     -> train a tiny model stage by stage -> needle eval -> summary with the paths of what it made.

@@ -18,6 +18,23 @@ def test_help_lists_commands(tmp_path):
     assert proc.returncode == 0
     for name in ("sample-data", "tokenizer", "validate"):
         assert name in proc.stdout
+    # jobs listed in the order the data flows through them
+    listed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
+    jobs = [n for n in listed if n in ("vision", "books", "pack", "audit", "train")]
+    assert jobs == ["vision", "books", "pack", "audit", "train"], listed
+
+
+def test_help_shows_conventional_metavars_and_no_beam_noise(tmp_path):
+    train = run("train", "--help", cwd=tmp_path)
+    assert train.returncode == 0
+    assert "train [OPTIONS] CONFIG" in train.stdout
+    for typed in ("<bool>", "<str>", "<int>", "<list[str]>", "{config}"):
+        assert typed not in train.stdout, typed
+    assert "TEXT ..." in train.stdout and "INTEGER" in train.stdout
+    books = run("books", "--help", cwd=tmp_path)
+    assert books.returncode == 0
+    assert "apitools" not in books.stderr and "Resource module" not in books.stderr
+    assert "--size" not in run("demo", "--help", cwd=tmp_path).stdout  # one size: not an option to offer
 
 
 def test_validate_reports_a_config_typo_with_exit_2(tmp_path):
