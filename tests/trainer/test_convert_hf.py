@@ -258,3 +258,105 @@ def test_hf_tokenizer_encodes_and_decodes_as_lwmkits(export, botchan):
     assert hf(botchan[:100_000], add_special_tokens=False).input_ids == tok.encode(botchan[:100_000])
     assert (hf.bos_token_id, hf.eos_token_id) == (tok.bos_id, tok.eos_id)
     assert (export / "tokenizer.model").read_bytes() == Path(TOKENIZER).read_bytes()
+
+
+def _refused(capsys, *args: str) -> str:
+    capsys.readouterr()
+    assert _run(*args) == 2, args
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
+    """A text model exports with no vision split and imports back text-only; a plain Llama
+    folder imports with --format hf as with llama-hf; every bad input is one clear line."""
+    from lwmkit.tokenizers.text import train as train_tokenizer
+    from lwmkit.trainer.generate import load_model
+
+    text_model = ModelConfig(**{**VISION.__dict__, "vision_vocab_size": 0})
+    text_params = convert.without_vision(params)
+    ckpt = _checkpoint(
+        tmp_path / "ck", text_model, text_params, tokenizer=None
+    )  # no file named: must be given
+    out = tmp_path / "text"
+    assert "pass --tokenizer tokenizer.model" in _refused(
+        capsys, "export", ckpt, "--format", "hf", "--out", str(out)
+    )
+    (tmp_path / "b.txt").write_text(botchan[:100_000])
+    other = train_tokenizer([tmp_path / "b.txt"], tmp_path / "other", vocab_size=400)
+    assert "is not the tokenizer the checkpoint was trained with" in _refused(
+        capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", str(other)
+    )
+    assert "not both" in _refused(
+        capsys,
+        "export",
+        ckpt,
+        "--format",
+        "hf",
+        "--out",
+        str(out),
+        "--tokenizer",
+        TOKENIZER,
+        "--no-tokenizer",
+    )
+    assert "go with --format hf" in _refused(
+        capsys, "export", ckpt, "--format", "llama-hf", "--out", str(out), "--tokenizer", TOKENIZER
+    )
+    assert "--text-only goes with llama-hf" in _refused(
+        capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--text-only"
+    )
+    assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", TOKENIZER) == 0
+    assert "already holds an exported model" in _refused(
+        capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", TOKENIZER
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == 8000 and convert_hf.RECORD not in config
+    with pytest.raises(Exception, match="records no vision layout"):
+        convert_hf.load_layout(str(out))
+    assert _run("import", str(out), "--format", "hf", "--out", str(tmp_path / "back")) == 0
+    back = load_model(str(tmp_path / "back" / "import"))
+    assert back.config.vision_vocab_size == 0 and _equal(back.params, text_params)
+
+    # an lwmkit record that does not add up, and one --config contradicts
+    (out / "config.json").write_text(
+        json.dumps({**config, convert_hf.RECORD: {"text_vocab_size": 7000, "vision_vocab_size": 8448}})
+    )
+    assert "7000 text + 8448 vision ids; vocab_size is 8000" in _refused(
+        capsys, "import", str(out), "--format", "hf", "--out", str(tmp_path / "bad")
+    )
+    record = {
+        "text_vocab_size": 8000,
+        "vision_vocab_size": 8448,
+    }  # adds up, but the tensors hold text rows only
+    (out / "config.json").write_text(json.dumps({**config, "vocab_size": 16448, convert_hf.RECORD: record}))
+    assert "has 8000 rows; config.json's lwm_vocab says 8000 text + 8448 vision ids" in _refused(
+        capsys, "import", str(out), "--format", "hf", "--out", str(tmp_path / "bad")
+    )
+
+
+def test_unsupported_sentencepiece_model_writes_no_tokenizer_json(tmp_path, botchan, capsys):
+    """A unigram model cannot become our BPE tokenizer.json: tokenizer.model only, with a warning."""
+    import sentencepiece as spm
+
+    from lwmkit.trainer.hf_tokenizer import SentencePieceModel, write_tokenizer_files
+
+    (tmp_path / "b.txt").write_text(botchan[:100_000])
+    spm.SentencePieceTrainer.Train(
+        input=str(tmp_path / "b.txt"),
+        model_prefix=str(tmp_path / "uni"),
+        vocab_size=300,
+        model_type="unigram",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
+    )
+    blob = (tmp_path / "uni.model").read_bytes()
+    sp = SentencePieceModel.parse(blob)
+    assert sp.unsupported() == "is not a BPE model" and len(sp.pieces) == 300
+    files = write_tokenizer_files(blob, str(tmp_path), bos_id=1, eos_id=2, max_length=64, source="uni.model")
+    assert [Path(f).name for f in files] == ["tokenizer.model", "tokenizer_config.json"]
+    assert "is not a BPE model" in capsys.readouterr().err
+    with pytest.raises(Exception, match="is not a SentencePiece model"):
+        SentencePieceModel.parse(b"\xff\xff\xff")
