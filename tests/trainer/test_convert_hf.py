@@ -360,3 +360,33 @@ def test_unsupported_sentencepiece_model_writes_no_tokenizer_json(tmp_path, botc
     assert "is not a BPE model" in capsys.readouterr().err
     with pytest.raises(Exception, match="is not a SentencePiece model"):
         SentencePieceModel.parse(b"\xff\xff\xff")
+
+
+def test_generation_restricted_to_text_after_a_video(export):
+    """The README's recipe: a video question built with vision_ids, greedy answer with the vision
+    ids suppressed -- every new id is a text id."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    folder = str(export)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    layout = convert_hf.load_layout(folder)
+    codes = np.random.default_rng(3).integers(0, 8192, (2, 256))
+    question = tok.encode(
+        "You are a helpful assistant. USER: What happens in this video?\n", add_special_tokens=False
+    )
+    prompt = [
+        tok.bos_token_id,
+        *question,
+        *convert_hf.vision_ids(codes, layout),
+        *tok.encode("ASSISTANT:", add_special_tokens=False),
+    ]
+    vision = list(range(layout.text_vocab_size, model.config.vocab_size))
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, suppress_tokens=vision)
+    new = out[0, len(prompt) :].tolist()
+    assert len(new) > 0 and all(i < layout.text_vocab_size for i in new)
+    free = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[
+        0, len(prompt) :
+    ].tolist()
+    assert any(i >= layout.text_vocab_size for i in free)  # this random model prefers vision ids unrestricted
