@@ -16,6 +16,7 @@ same ids as :class:`lwmkit.tokenizers.text.TextTokenizer` (no BOS/EOS with
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,73 +142,78 @@ def _with_bos(sp: SentencePieceModel, bos_id: int) -> dict[str, Any]:
     }
 
 
+def _user_split(users: list[str]) -> dict[str, Any] | None:
+    """A pre-tokenizer that isolates user-defined symbols (lwmkit's ``<vision>``/``</vision>``).
+
+    SentencePiece adds the leading space marker once to the whole text and then matches these
+    symbols as atomic pieces. As ``tokenizers`` "added tokens" they would be cut out before
+    normalisation, so every piece of text after one would get a marker of its own; splitting
+    them out after normalisation instead keeps the one marker (``"<vision>x"`` ->
+    ``▁``, ``<vision>``, ``x``, as SentencePiece gives)."""
+    if not users:
+        return None
+    # matched in the normalised text, where spaces are already markers
+    pattern = "|".join(
+        re.escape(u.replace(" ", SPACE)) for u in sorted(users, key=len, reverse=True)
+    )  # longest first, as a prefix match
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
 def tokenizer_json(sp: SentencePieceModel, bos_id: int) -> dict[str, Any]:
-    """The ``tokenizers`` library's JSON for ``sp`` (legacy LLaMA pipeline: the whole text gets
-    one leading space marker, spaces become markers, byte fallback for unknown characters)."""
+    """The ``tokenizers`` library's JSON for ``sp``: LLaMA's SentencePiece pipeline (the whole
+    text gets one leading space marker, spaces become markers, byte fallback for unknown
+    characters), BOS before the text when special tokens are asked for."""
     vocab = {piece: i for i, (piece, _, _) in enumerate(sp.pieces)}
     mergeable = [p for p, _, t in sp.pieces if t == _NORMAL and len(p) > 1]
-    added = []
-    for i, (piece, _, kind) in enumerate(sp.pieces):
-        if kind in (_UNKNOWN, _CONTROL):
-            added.append(
-                {
-                    "id": i,
-                    "content": piece,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": True,
-                }
-            )
-        elif kind == _USER:  # matched whole wherever it occurs, as SentencePiece matches them
-            added.append(
-                {
-                    "id": i,
-                    "content": piece,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": False,
-                }
-            )
+    added = [
+        {
+            "id": i,
+            "content": piece,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, (piece, _, kind) in enumerate(sp.pieces)
+        if kind in (_UNKNOWN, _CONTROL)
+    ]
+    users = [p for p, _, t in sp.pieces if t == _USER]
     unk = next((p for p, _, t in sp.pieces if t == _UNKNOWN), None)
+    spaces = [
+        {"type": "Prepend", "prepend": SPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
+    ]
+    decoders = [
+        {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+    ]
+    # ignore_merges: a user symbol has no merges that build it, so a pre-token that is a whole
+    # vocabulary piece maps to it directly (for ordinary pieces BPE reaches the same id).
+    model = {
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": unk,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": True,
+        "byte_fallback": sp.byte_fallback,
+        "ignore_merges": bool(users),
+        "vocab": vocab,
+        "merges": _merges(vocab, mergeable),
+    }
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
-        "normalizer": {
-            "type": "Sequence",
-            "normalizers": [
-                {"type": "Prepend", "prepend": SPACE},
-                {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
-            ],
-        },
-        "pre_tokenizer": None,
+        "normalizer": {"type": "Sequence", "normalizers": spaces},
+        "pre_tokenizer": _user_split(users),
         "post_processor": _with_bos(sp, bos_id),
-        "decoder": {
-            "type": "Sequence",
-            "decoders": [
-                {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
-                {"type": "ByteFallback"},
-                {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-            ],
-        },
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": unk,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": True,
-            "byte_fallback": sp.byte_fallback,
-            "ignore_merges": False,
-            "vocab": vocab,
-            "merges": _merges(vocab, mergeable),
-        },
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": model,
     }
 
 
@@ -234,6 +240,8 @@ def write_tokenizer_files(
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_length,
         "padding_side": "left",
+        # "<s>" typed in a text is text, as SentencePiece reads it (BOS comes from add_special_tokens)
+        "split_special_tokens": True,
     }
     files = []
     path = os.path.join(folder, "tokenizer.model")

@@ -234,13 +234,16 @@ def test_vision_ids_map_a_record_as_lwmkit_packs_it(export):
 
 
 def test_hf_tokenizer_encodes_and_decodes_as_lwmkits(export, botchan):
+    """Every text below (and every piece of the vocabulary, spelled out) encodes to lwmkit's ids
+    and decodes back to lwmkit's text -- including the tokenizer's user-defined ``<vision>`` /
+    ``</vision>`` symbols anywhere in a text."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
 
     hf = transformers.AutoTokenizer.from_pretrained(str(export))
     tok = TextTokenizer.load(TOKENIZER)
     lines = [ln for ln in botchan.splitlines() if ln.strip()][:2000]
-    texts = lines + [
+    edges = [
         "Hello world",
         " leading space",
         "   ",
@@ -248,9 +251,17 @@ def test_hf_tokenizer_encodes_and_decodes_as_lwmkits(export, botchan):
         "naïve café 日本 🎉 \t",
         "x1y22z333",
         "",
-        "You are a helpful assistant. USER: Describe this video.\n",
+        "<vision>",
+        "</vision>",
+        "<vision>x</vision>",
+        "a<vision>b",
+        " <vision>",
+        "</vision> ASSISTANT:",
+        "<vision><vision>",
+        "You are a helpful assistant. USER: Describe this video.\n <vision>",
     ]
-    for text in texts:
+    pieces = [tok.processor.id_to_piece(i).replace("\u2581", " ") for i in range(tok.vocab_size)]
+    for text in lines + edges + pieces + [p[1:] for p in pieces if p.startswith(" ")]:
         ids = tok.encode(text)
         assert hf(text, add_special_tokens=False).input_ids == ids, text
         assert hf.decode(ids) == tok.decode(ids), text
