@@ -42,7 +42,7 @@ def import_(
 def export(
     ckpt: str = typer.Argument(..., help="Trainer checkpoint: a stage folder (its final, else latest step), final/steps folder or one step folder."),
     fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
-    out: str = typer.Option(..., "--out", help="Output folder (llama-hf, llama-meta) or streaming_params file path (lwm)."),
+    out: str = typer.Option(..., "--out", help="Output folder (hf, llama-hf, llama-meta) or streaming_params file path (lwm)."),
     text_only: bool = typer.Option(False, "--text-only", help="LLaMA formats: drop the vision embedding/head (refused without it)."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="hf: the model's SentencePiece tokenizer.model, copied into the folder with tokenizer.json (default: the one the checkpoint names; its id must match)."),
     no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="hf: write no tokenizer files."),
