@@ -207,23 +207,29 @@ HF_OUT = (
 )
 
 
-def _recorded_tokenizer(ckpt: str) -> str | None:
-    """The tokenizer file an imported checkpoint names (``lineage[].tokenizer``), if it is still there."""
+def _meta(ckpt: str) -> tuple[ModelConfig, list[dict[str, Any]]]:
+    """The model and lineage a checkpoint records (read before its weights: refusals come cheap)."""
+    from lwmkit.schemas import TrainConfig
+    from lwmkit.schemas.strict import from_dict
     from lwmkit.trainer.checkpoint import open_checkpoint, read_meta
 
-    manager, step = open_checkpoint(os.path.abspath(ckpt) if "://" not in ckpt else ckpt)
     try:
-        lineage = read_meta(manager, step).get("lineage") or []
+        manager, step = open_checkpoint(os.path.abspath(ckpt) if "://" not in ckpt else ckpt)
+    except FileNotFoundError as err:
+        raise ContractError(str(err), source=ckpt) from None
+    try:
+        meta = read_meta(manager, step)
     finally:
         manager.close()
-    for entry in reversed(lineage):
-        path = entry.get("tokenizer")
-        if path and os.path.isfile(path):
-            return path
-    return None
+    model = from_dict(TrainConfig, meta["config"], source=f"{ckpt} (meta.config)").model
+    return model, list(meta.get("lineage") or [])
 
 
-def _tokenizer(ckpt: str, recorded_id: str | None, model: ModelConfig, path: str | None, no_tokenizer: bool):
+def _tokenizer(
+    ckpt: str, model: ModelConfig, lineage: list[dict[str, Any]], path: str | None, no_tokenizer: bool
+):
+    """The checkpoint's tokenizer: ``path``, else the file its lineage names (imports record
+    one); its sha256 must be the one the checkpoint records."""
     from lwmkit.progress import step, warn
     from lwmkit.tokenizers.text import TextTokenizer
 
@@ -234,16 +240,24 @@ def _tokenizer(ckpt: str, recorded_id: str | None, model: ModelConfig, path: str
             "no tokenizer files written: the folder loads as a model, but text needs the model's tokenizer.model"
         )
         return None
+    recorded_id = lineage[-1].get("tokenizer_id") if lineage else None
     if path is None:
-        path = _recorded_tokenizer(ckpt)
-        if path is None:
+        named = [
+            e["tokenizer"]
+            for e in reversed(lineage)
+            if e.get("tokenizer")
+            and os.path.isfile(e["tokenizer"])
+            and e.get("tokenizer_id") in (None, recorded_id)
+        ]
+        if not named:
             raise ContractError(
                 "the checkpoint names no tokenizer file: pass --tokenizer tokenizer.model (the one it "
                 "was trained with; it is copied into the folder) or --no-tokenizer",
                 field="--tokenizer",
                 source=ckpt,
             )
-        step(f"tokenizer: {path} (recorded by the checkpoint)")
+        path = named[0]
+        step(f"tokenizer: {path} (named by the checkpoint)")
     tok = TextTokenizer.load(path)
     if recorded_id is not None and tok.id != recorded_id:
         raise ContractError(
@@ -295,12 +309,12 @@ def export_hf(
     from lwmkit.trainer.generate import load_model
     from lwmkit.trainer.hf_tokenizer import write_tokenizer_files
 
-    step(f"loading {ckpt}")
-    loaded = load_model(ckpt)
-    model = loaded.config
-    tok = _tokenizer(ckpt, loaded.tokenizer_id, model, tokenizer, no_tokenizer)
+    model, lineage = _meta(ckpt)
+    tok = _tokenizer(ckpt, model, lineage, tokenizer, no_tokenizer)
     for name in HF_OUT:
         clear_path(os.path.join(out, name), overwrite, "an exported model")
+    step(f"loading {ckpt}")
+    loaded = load_model(ckpt)
     os.makedirs(out, exist_ok=True)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(loaded.params))
     files = [os.path.join(out, "model.safetensors")]

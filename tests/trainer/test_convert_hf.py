@@ -291,6 +291,9 @@ def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
         tmp_path / "ck", text_model, text_params, tokenizer=None
     )  # no file named: must be given
     out = tmp_path / "text"
+    assert "no lwmkit checkpoint" in _refused(
+        capsys, "export", str(tmp_path / "nope"), "--format", "hf", "--out", "o"
+    )
     assert "pass --tokenizer tokenizer.model" in _refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out)
     )
