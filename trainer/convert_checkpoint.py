@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from lwmkit.schemas import CheckpointConfig, ContractError, ModelConfig, StageConfig, TrainConfig, to_dict
-from lwmkit.trainer import convert
+from lwmkit.trainer import convert, convert_hf
 
-FORMATS = ("llama-hf", "llama-meta", "lwm")
+FORMATS = ("hf", "llama-hf", "llama-meta", "lwm")
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 HF_FILES = ("model.safetensors", "config.json")
 META_FILES = ("consolidated.safetensors", "params.json")
@@ -162,12 +162,23 @@ def _read_llama_hf(src: Source) -> Loaded:
 
         warn(f"config.json sets rope_scaling {hf['rope_scaling']}; lwmkit's RoPE is unscaled (theta only)")
     tensors = convert.read_safetensors(src.path)
+    split = convert_hf.vocab_split(hf, os.path.join(folder, "config.json"))
+    vision: dict[str, np.ndarray] = {}
+    if split is not None:  # an lwmkit export: the single vocabulary is text ids then vision ids
+        if src.model is not None and (src.model.text_vocab_size, src.model.vision_vocab_size) != split:
+            raise ContractError(f"--config's model has {src.model.text_vocab_size} text + {src.model.vision_vocab_size}"
+                                f" vision ids; config.json records {split[0]} + {split[1]}", field="--config",
+                                source=src.path)
+        model = dataclasses.replace(model, text_vocab_size=split[0], vision_vocab_size=split[1])
+        tensors, vision = convert_hf.split_vision(tensors, *split, source=src.path)
     if hf.get("tie_word_embeddings") and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # tied head: our head is its own copy
     theta = hf.get("rope_theta")
     seq = hf.get("max_position_embeddings")
-    return Loaded(convert.from_llama(tensors, model, "hf", source=src.path), model,
-                  int(seq) if seq else None, float(theta) if theta else None)
+    params = convert.from_llama(tensors, model, "hf", source=src.path)
+    if vision:
+        params = convert.unflatten({**convert.flatten(params), **vision})
+    return Loaded(params, model, int(seq) if seq else None, float(theta) if theta else None)
 
 
 def _read_llama_meta(src: Source) -> Loaded:
@@ -199,7 +210,7 @@ def _read_lwm(src: Source) -> Loaded:
     return Loaded(params, src.model, None, None)
 
 
-_READERS = {"llama-hf": _read_llama_hf, "llama-meta": _read_llama_meta, "lwm": _read_lwm}
+_READERS = {"hf": _read_llama_hf, "llama-hf": _read_llama_hf, "llama-meta": _read_llama_meta, "lwm": _read_lwm}
 
 
 def _tokenizer(src: Source, model: ModelConfig):
@@ -242,7 +253,7 @@ def _stage_dir(out: str, stage: str) -> str:
     return f"{out.rstrip('/')}/{stage}"
 
 
-def _clear(path: str, overwrite: bool, what: str, *, may_hold: tuple[str, ...] = ()) -> None:
+def clear_path(path: str, overwrite: bool, what: str, *, may_hold: tuple[str, ...] = ()) -> None:
     """Refuse to write over ``path`` unless ``overwrite``; then remove it first, but only a
     file or a folder holding nothing but ``may_hold`` (never an unrelated folder)."""
     import fsspec
@@ -285,7 +296,7 @@ def import_checkpoint(src: Source, out: str, *, stage_name: str = "import", over
     except ContractError as err:
         raise ContractError(err.reason, field="--stage-name") from None
     target = _stage_dir(os.path.abspath(out) if "://" not in out else out, stage_name)
-    _clear(target, overwrite, "a checkpoint", may_hold=("final", "steps"))  # refuse before reading gigabytes
+    clear_path(target, overwrite, "a checkpoint", may_hold=("final", "steps"))  # refuse before reading gigabytes
     step(f"reading {src.format} weights from {src.path}")
     loaded = _READERS[src.format](src)
     model, params = loaded.model, loaded.params
@@ -318,8 +329,10 @@ def _abstract(model: ModelConfig) -> Any:
 # ---------------------------------------------------------------- export
 
 
-def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False, overwrite: bool = False) -> list[str]:
-    """Write a trainer checkpoint (as ``load_model`` accepts) as LLaMA safetensors or an LWM
+def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False, overwrite: bool = False,
+                      tokenizer: str | None = None, no_tokenizer: bool = False) -> list[str]:
+    """Write a trainer checkpoint (as ``load_model`` accepts) as a Hugging Face folder (``hf``:
+    text or vision, see :mod:`lwmkit.trainer.convert_hf`), LLaMA safetensors or an LWM
     ``streaming_params`` file. LLaMA formats hold text only: a model with vision parameters
     is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). Returns the files."""
     import jax
@@ -329,13 +342,21 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
 
     if fmt not in FORMATS:
         raise ContractError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="--format")
+    if fmt != "hf" and (tokenizer is not None or no_tokenizer):
+        raise ContractError("--tokenizer / --no-tokenizer go with --format hf (the only format that writes tokenizer "
+                            "files)", field="--tokenizer")
+    if fmt == "hf":
+        if text_only:
+            raise ContractError("--format hf keeps the vision vocabulary; --text-only goes with llama-hf / llama-meta",
+                                field="--text-only")
+        return convert_hf.export_hf(ckpt, out, tokenizer=tokenizer, no_tokenizer=no_tokenizer, overwrite=overwrite)
     step(f"loading {ckpt}")
     loaded = load_model(ckpt)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(loaded.params))
     model, theta = loaded.config, loaded.rope_theta
     if fmt == "lwm":
         out = os.path.join(out, "streaming_params") if os.path.isdir(out) else out
-        _clear(out, overwrite, "an exported model")
+        clear_path(out, overwrite, "an exported model")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         convert.save_lwm(params, out)
         step(f"wrote {out} (load it in LWM as params::{os.path.abspath(out)})")
@@ -351,7 +372,7 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
     names = HF_FILES if fmt == "llama-hf" else META_FILES
     files = [os.path.join(out, n) for n in names]
     for f in files:
-        _clear(f, overwrite, "an exported model")
+        clear_path(f, overwrite, "an exported model")
     os.makedirs(out, exist_ok=True)
     convert.save_llama(params, model, files[0], "hf" if fmt == "llama-hf" else "meta")
     if fmt == "llama-hf":

@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="Convert LLaMA / LWM weights into trainer checkpoints and back.", no_args_is_help=True)
-FORMAT_HELP = "llama-hf (HF safetensors + config.json), llama-meta (Meta names, safetensors + params.json) or lwm (LWM/EasyLM streaming_params)."
+FORMAT_HELP = ("hf (a Hugging Face Llama folder, text or vision: transformers / vLLM load it), llama-hf (HF safetensors + "
+               "config.json, text only), llama-meta (Meta names, safetensors + params.json) or lwm (LWM/EasyLM "
+               "streaming_params).")
 
 
 @app.command("import")
 def import_(
-    src: str = typer.Argument(..., help="Weights: an HF/Meta folder or .safetensors file, or an LWM streaming_params file."),
+    src: str = typer.Argument(..., help="Weights: an HF/Meta folder or .safetensors file (an lwmkit hf export gets its vision vocabulary back), or an LWM streaming_params file."),
     fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
     out: str = typer.Option(..., "--out", help="Checkpoint root: writes <out>/<stage-name>/final/0 (use it as init_from: <out>/<stage-name>)."),
     config: str = typer.Option(None, "--config", help="Training config YAML whose `model` gives the shape (default: the folder's config.json / params.json)."),
@@ -40,14 +42,17 @@ def import_(
 def export(
     ckpt: str = typer.Argument(..., help="Trainer checkpoint: a stage folder (its final, else latest step), final/steps folder or one step folder."),
     fmt: str = typer.Option(..., "--format", help=FORMAT_HELP),
-    out: str = typer.Option(..., "--out", help="Output folder (llama-hf, llama-meta) or streaming_params file path (lwm)."),
+    out: str = typer.Option(..., "--out", help="Output folder (hf, llama-hf, llama-meta) or streaming_params file path (lwm)."),
     text_only: bool = typer.Option(False, "--text-only", help="LLaMA formats: drop the vision embedding/head (refused without it)."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="hf: the model's SentencePiece tokenizer.model, copied into the folder with tokenizer.json (default: the one the checkpoint names; its id must match)."),
+    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="hf: write no tokenizer files."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already at --out."),
 ) -> None:
-    """Export a trainer checkpoint as LLaMA safetensors (+ config.json / params.json) or LWM streaming_params."""
+    """Export a trainer checkpoint as a Hugging Face Llama folder (hf: text or vision), LLaMA safetensors (+ config.json / params.json) or LWM streaming_params."""
     from lwmkit.trainer.convert_checkpoint import export_checkpoint
 
-    for path in export_checkpoint(ckpt, fmt, out, text_only=text_only, overwrite=overwrite):
+    for path in export_checkpoint(ckpt, fmt, out, text_only=text_only, overwrite=overwrite, tokenizer=tokenizer,
+                                  no_tokenizer=no_tokenizer):
         typer.echo(path)
 
 

@@ -199,7 +199,7 @@ def test_bad_inputs_get_one_clear_line(tmp_path, hf_dir, capsys):
     out = ["--out", str(tmp_path / "ck")]
     hf = ["--format", "llama-hf", *out, "--tokenizer", TOKENIZER]
     assert "does not exist" in _refused(capsys, "import", str(tmp_path / "nope"), *hf)
-    assert "unknown format 'gguf'; use one of llama-hf, llama-meta, lwm" in _refused(
+    assert "unknown format 'gguf'; use one of hf, llama-hf, llama-meta, lwm" in _refused(
         capsys, "import", str(hf_dir), "--format", "gguf", *out)
     pickled = tmp_path / "torch"
     pickled.mkdir()
