@@ -10,16 +10,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-EXTRAS="${LWMKIT_EXTRAS:-dev,qa}"
+EXTRAS="${LWMKIT_LOCK_EXTRAS:-dev,qa,hf}"  # every extra a user may install, so each resolves from the lock
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --dry-run --ignore-installed \
-  --report "$tmp/report.json" ".[$EXTRAS]"
+  -c .ci/lock-inputs.txt --report "$tmp/report.json" ".[$EXTRAS]"
 "$tmp/venv/bin/python" - "$tmp/report.json" "$EXTRAS" "$("$PY" -c 'import platform; print(platform.python_version(), platform.machine())')" <<'PYEOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
-pins = sorted({(i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in report["install"]
+# a local label (torch's "+cpu") is dropped: "==2.13.0" admits the local build and PyPI's release alike
+pins = sorted({(i["metadata"]["name"].lower(), i["metadata"]["version"].split("+")[0]) for i in report["install"]
                if i["metadata"]["name"].lower() != "lwmkit"})
 header = [
     "# The lock of tested versions: .ci/install.sh installs lwmkit with `-c .ci/constraints.txt`.",
