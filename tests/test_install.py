@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / ".ci" / "constraints.txt"
 EXTRAS = ("dev", "qa")  # what .ci/install.sh installs by default
+LOCKED_EXTRAS = (*EXTRAS, "hf")  # what .ci/lock.sh resolves: every extra a user may install
 
 
 def _pins() -> dict[str, str]:
@@ -35,7 +36,7 @@ def _pins() -> dict[str, str]:
 def _declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in EXTRAS:
+    for extra in LOCKED_EXTRAS:
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return reqs
 
