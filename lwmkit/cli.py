@@ -14,7 +14,7 @@ import sys
 import typer
 
 from lwmkit import __version__, commands
-from lwmkit.progress import error
+from lwmkit.runtime.progress import error
 from lwmkit.schemas import ContractError
 
 app = typer.Typer(

@@ -158,7 +158,7 @@ def _read_llama_hf(src: Source) -> Loaded:
                             source=src.path)
     model = src.model or model_from_hf(hf, os.path.join(folder, "config.json"))
     if hf.get("rope_scaling"):
-        from lwmkit.progress import warn
+        from lwmkit.runtime.progress import warn
 
         warn(f"config.json sets rope_scaling {hf['rope_scaling']}; lwmkit's RoPE is unscaled (theta only)")
     tensors = convert.read_safetensors(src.path)
@@ -204,7 +204,7 @@ _READERS = {"llama-hf": _read_llama_hf, "llama-meta": _read_llama_meta, "lwm": _
 
 def _tokenizer(src: Source, model: ModelConfig):
     """The tokenizer whose id the checkpoint records, checked against the model's vocabulary."""
-    from lwmkit.progress import step, warn
+    from lwmkit.runtime.progress import step, warn
     from lwmkit.tokenizers.text import TextTokenizer
 
     path = src.tokenizer
@@ -275,7 +275,7 @@ def write_checkpoint(out: str, cfg: TrainConfig, params: Any, lineage: list[dict
 
 def import_checkpoint(src: Source, out: str, *, stage_name: str = "import", overwrite: bool = False) -> str:
     """Read ``src`` and write it as a trainer checkpoint under ``out``; returns the stage folder."""
-    from lwmkit.progress import step
+    from lwmkit.runtime.progress import step
 
     if "://" not in src.path and not os.path.exists(src.path):
         raise ContractError("does not exist", source=src.path)
@@ -324,7 +324,7 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
     is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). Returns the files."""
     import jax
 
-    from lwmkit.progress import step, warn
+    from lwmkit.runtime.progress import step, warn
     from lwmkit.trainer.generate import load_model
 
     if fmt not in FORMATS:
