@@ -18,7 +18,6 @@ before anything is called.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json

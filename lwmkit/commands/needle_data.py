@@ -28,7 +28,7 @@ def needle_data(
     answers only (the format ``lwmkit eval needle`` asks in).
     Example: lwmkit needle-data --seq-len 2048 --examples 500 --out needles/s2k/needles.parquet
     """
-    from lwmkit.pipelines.needle_data import NeedleDataConfig, write_needle_data
+    from lwmkit.needle_data import NeedleDataConfig, write_needle_data
     from lwmkit.runtime.progress import step
     from lwmkit.tokenizers.text import TextTokenizer
 
