@@ -26,6 +26,7 @@ import tracemalloc
 import numpy as np
 
 from lwmkit.pipelines.audit import AuditConfig, open_shard_set, recount, recount_local, recount_shard
+from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     Manifest,
     PackedMeta,
@@ -37,7 +38,6 @@ from lwmkit.schemas import (
     encode_sample,
     shard_entry,
     shard_name,
-    write_atomic,
 )  # fmt: skip
 
 VOCAB = VocabLayout(

@@ -32,7 +32,7 @@ def _cpu_seconds() -> float:
 
 def _plan(train_yaml: Path, overrides: list[str]) -> tuple[list[dict], str]:
     """The stages (name, seq_len) and the checkpoint folder, after the overrides."""
-    from lwmkit.config import load_config
+    from lwmkit.runtime.config import load_config
     from lwmkit.schemas import TrainConfig
 
     cfg = load_config(TrainConfig, str(train_yaml), overrides)

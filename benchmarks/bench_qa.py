@@ -22,7 +22,7 @@ from lwmkit.pipelines.chunking import chunk_text, clean_book
 from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig
 from lwmkit.pipelines.qa_prompt import load_prompt
-from lwmkit.sample_data import book_source
+from lwmkit.runtime.sample_data import book_source
 from lwmkit.tokenizers.text import TextTokenizer
 
 

@@ -23,8 +23,8 @@ def main() -> None:
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192])
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
-    from lwmkit.pipelines.pack_demo import write_demo_mixture
-    from lwmkit.sample_data import materialise
+    from lwmkit.pack_demo import write_demo_mixture
+    from lwmkit.runtime.sample_data import materialise
     from lwmkit.schemas import ShardSet, TrainConfig, from_dict
     from lwmkit.trainer.data import BatchPlan, ShardReader
     from lwmkit.trainer.logs import measure_peak_flops

@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and frames")
     args = parser.parse_args()
-    from lwmkit.sample_data import video_sources
+    from lwmkit.runtime.sample_data import video_sources
 
     clips = {p.name: str(p) for p in video_sources()}
     repeat = 2 if args.quick else 5

@@ -16,7 +16,7 @@ import typer
 import typer.core
 
 from lwmkit import __version__, commands
-from lwmkit.progress import error
+from lwmkit.runtime.progress import error
 from lwmkit.schemas import ContractError
 
 app = typer.Typer(

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lwmkit.progress import step as say
-from lwmkit.progress import warn
+from lwmkit.runtime.progress import step as say
+from lwmkit.runtime.progress import warn
 
 # The demo's configs: lwmkit/configs/demo in a wheel, configs/demo in a source checkout.
 CONFIG_DIR = next((d for d in (Path(__file__).resolve().parent / "configs" / "demo",

@@ -1,7 +1,7 @@
 """The audit recount as a Beam job: one shard per element, tallies merged by a CombineFn.
 
 ``ListShards | Spread | RecountShards | Merge | ToJson | Write`` — the same per-shard
-function as the local pass (``audit.recount_shard``), so both give the same recount; Beam
+function as the local pass (``audit_shards.recount_shard``), so both give the same recount; Beam
 adds parallelism across workers and machines. Run it from ``lwmkit audit --runner NAME``
 or directly::
 
@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lwmkit.pipelines.audit import ShardSetRef, open_shard_set, recount_shard, scratch_dir
+from lwmkit.pipelines.audit_shards import ShardSetRef, open_shard_set, recount_shard, scratch_dir
 from lwmkit.pipelines.audit_stats import Recount
 from lwmkit.schemas.errors import ContractError
 

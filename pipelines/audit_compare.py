@@ -15,13 +15,11 @@ set was packed with, no declared mixture at all) are reported and never fail the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lwmkit.pipelines.audit_shards import ShardSetRef
 from lwmkit.pipelines.audit_stats import Recount, Tally, share
 from lwmkit.schemas import ContractError, Manifest, MixtureConfig, TokenCounts, from_dict
-
-if TYPE_CHECKING:
-    from lwmkit.pipelines.audit import ShardSetRef
 
 INTEGRITY = ("manifest_invalid", "missing_shard", "corrupt_shard", "manifest_mismatch")
 DRIFT = ("drift", "undeclared_source")

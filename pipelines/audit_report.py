@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lwmkit.pipelines.audit_compare import AuditResult, SourceRow
 from lwmkit.pipelines.audit_stats import Tally
-from lwmkit.schemas import write_atomic
+from lwmkit.runtime.files import write_atomic
 
 _VERDICT_STYLE = {"pass": "bold green", "drift": "bold yellow", "corrupt": "bold red"}
 _MAX_OK_SHARDS = 200  # the HTML lists every bad shard, and verified ones up to this many

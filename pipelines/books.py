@@ -33,13 +33,14 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter
+from lwmkit.pipelines.book_io import DEAD, JOB, NAMESPACE, RawBook, ReadBooks, dead_letter
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
-from lwmkit.progress import step
+from lwmkit.runtime.dead_letters import WriteDeadLetters
+from lwmkit.runtime.progress import step
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
 
@@ -218,10 +219,7 @@ def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | No
     _ = (
         (read_dead, chunks[DEAD], records[DEAD])
         | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters"
-        >> beam.io.WriteToText(
-            FileSystems.join(o.output, "dead_letters"), ".jsonl", num_shards=1, shard_name_template=""
-        )
+        | "WriteDeadLetters" >> WriteDeadLetters(o.output, JOB, flat=True, keep_earlier=False)
     )
 
 

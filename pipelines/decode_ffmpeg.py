@@ -1,7 +1,7 @@
 """The ffmpeg decoder (ffprobe timestamps, then one ffmpeg process streaming the kept frames).
 
 Same plan and frame rule as decord (:mod:`lwmkit.pipelines.decode`): ffmpeg's ``select`` filter
-runs :func:`~lwmkit.pipelines.decode.select_frames`' rule, so it scales only the kept frames.
+runs :func:`~lwmkit.pipelines.decode_plan.select_frames`' rule, so it scales only the kept frames.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from lwmkit.pipelines.decode import (
-    _EPS,
+from lwmkit.pipelines.decode_plan import (
+    EPS,
     DecodeConfig,
     MediaPlan,
     MediaTooLarge,
     NoFrames,
     TruncatedMedia,
     UnreadableMedia,
-    _check_size,
+    check_size,
     clean_message,
     scaled_size,
     select_frames,
@@ -69,7 +69,7 @@ def plan_ffmpeg(path: str, cfg: DecodeConfig, start_s: float | None, end_s: floa
     width, height, ts, end = probe(path)
     if len(ts) > cfg.max_source_frames:
         raise MediaTooLarge(f"{len(ts)} frames exceed max_source_frames={cfg.max_source_frames}")
-    _check_size(width, height, cfg)
+    check_size(width, height, cfg)
     t0 = float(ts[0])
     bucketed, clips = select_frames(ts - t0, cfg, start_s, end_s, video_end(ts - t0, end - ts[-1]))
     if not clips:
@@ -83,11 +83,11 @@ def plan_ffmpeg(path: str, cfg: DecodeConfig, start_s: float | None, end_s: floa
 def select_expr(plan: MediaPlan, cfg: DecodeConfig) -> str:
     """ffmpeg's ``select`` expression for the rule of :func:`select_frames` (absolute times)."""
     lo = f"{plan.range_start:.9f}"
-    cond = [f"gte(t,{lo}-{_EPS})"]
+    cond = [f"gte(t,{lo}-{EPS})"]
     if math.isfinite(plan.range_end):
-        cond.append(f"lt(t,{plan.range_end:.9f}-{_EPS})")
+        cond.append(f"lt(t,{plan.range_end:.9f}-{EPS})")
     if cfg.fps is not None:
-        bucket = "floor(({x}-" + lo + f")*{cfg.fps!r}+{_EPS})"
+        bucket = "floor(({x}-" + lo + f")*{cfg.fps!r}+{EPS})"
         first = f"gt({bucket.format(x='t')},{bucket.format(x='prev_t')})"
         cond.append(f"gt(eq(n,0)+{first},0)")
     return "*".join(cond)

@@ -163,7 +163,7 @@ def importlib_missing(name: str) -> bool:
 
 
 def _default_model() -> Path:
-    from lwmkit.sample_data import SampleDataError, model_source
+    from lwmkit.runtime.sample_data import SampleDataError, model_source
 
     try:
         return model_source()

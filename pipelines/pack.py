@@ -189,8 +189,8 @@ def run_pack(
     ``pipeline_args`` are Beam flags (``--runner``, ``--direct_num_workers``, ...).
     Raises ContractError for a bad config or input before any shard is written.
     """
-    from lwmkit.config import load_config
-    from lwmkit.progress import step
+    from lwmkit.runtime.config import load_config
+    from lwmkit.runtime.progress import step
 
     if isinstance(mixture, str):
         mixture = load_config(MixtureConfig, mixture, overrides)
@@ -241,7 +241,7 @@ def run(argv: Sequence[str] | None = None) -> Manifest:
 if __name__ == "__main__":
     import sys
 
-    from lwmkit.progress import error
+    from lwmkit.runtime.progress import error
 
     try:
         run()

@@ -22,15 +22,16 @@ import apache_beam as beam
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.packing import StreamingPacker
 from lwmkit.pipelines.sequences import assemble
+from lwmkit.runtime.dead_letters import FLAT_NAME as DEAD_LETTERS_NAME
+from lwmkit.runtime.dead_letters import dead_letter_path, write_dead_letters
+from lwmkit.runtime.files import TEMP_MARKER, write_atomic
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenCounts
 from lwmkit.schemas.mixture import MixtureConfig
 from lwmkit.schemas.packed import encode_sample
-from lwmkit.schemas.shards import build_shard, shard_entry, write_atomic
+from lwmkit.schemas.shards import build_shard, shard_entry
 from lwmkit.schemas.strict import to_dict
 from lwmkit.schemas.vocab import VocabLayout
-
-DEAD_LETTERS_NAME = "dead_letters.jsonl"
 
 
 @dataclass
@@ -198,7 +199,7 @@ def write_outputs(out: str, manifest: Manifest, dead_letters: list[str]) -> None
     import fsspec
 
     if dead_letters:
-        write_atomic(f"{out}/{DEAD_LETTERS_NAME}", ("\n".join(sorted(dead_letters)) + "\n").encode("utf-8"))
+        write_dead_letters(dead_letter_path(out, "pack", flat=True), dead_letters)
     write_atomic(f"{out}/{MANIFEST_NAME}", manifest.to_json().encode("utf-8"))
     fs, p = fsspec.core.url_to_fs(out)
     listed = {e.name for e in manifest.shards}
@@ -219,7 +220,7 @@ def prepare_output(out: str) -> None:
     for name in (MANIFEST_NAME, DEAD_LETTERS_NAME):
         if fs.exists(f"{p}/{name}"):
             fs.rm(f"{p}/{name}")
-    for path in fs.glob(f"{p}/*.tmp-*"):
+    for path in fs.glob(f"{p}/*{TEMP_MARKER}*"):
         fs.rm(path)
 
 

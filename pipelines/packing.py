@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lwmkit.schemas.mixture import PackerName
+from lwmkit.schemas.mixture import PACKERS, PackerName
 
-ALGORITHMS: tuple[str, ...] = ("best_fit_decreasing", "first_fit", "next_fit")
+ALGORITHMS = PACKERS  # the names the mixture config accepts
 
 
 @dataclass

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageDraw, ImageFont
 
-from lwmkit.pipelines.dead_letters import write_atomic
 from lwmkit.pipelines.decode import DecodeConfig
 from lwmkit.pipelines.decode_worker import decode_local
 from lwmkit.pipelines.vision_output import record_files
 from lwmkit.pipelines.vision_steps import localise
+from lwmkit.runtime.files import BEAM, write_atomic
 from lwmkit.tokenizers.vision_layout import sample_frames
 
 _FONT = 16  # caption size in pixels (PIL's bundled FreeType font: readable at any DPI)
@@ -90,5 +90,5 @@ def write_preview(
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     dest = dest or FileSystems.join(output, "preview.png")
-    write_atomic(dest, buf.getvalue())
+    write_atomic(dest, buf.getvalue(), BEAM)
     return dest

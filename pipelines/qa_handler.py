@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from lwmkit.pipelines.book_io import NAMESPACE, dead_letter
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, QAResult, ResponseCache
 from lwmkit.pipelines.qa_prompt import QAPrompt
-from lwmkit.progress import step
+from lwmkit.runtime.progress import step
 
 
 class OpenAIChatQAHandler(ModelHandler[dict, PredictionResult, QAClient]):

@@ -17,28 +17,18 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lwmkit.pipelines.decode import DECODERS, DecodeConfig
 from lwmkit.pipelines.options import add_flag
-from lwmkit.pipelines.vision_steps import (
-    CLIPS,
-    DEAD,
-    FRAMES,
-    ROWS,
-    AssembleRecords,
-    DecodeMedia,
-    DecodeOptions,
-    TokenizeFrames,
-)
-from lwmkit.schemas.strict import require
-
-JOB = "vision"
+from lwmkit.pipelines.vision_job import VisionJobConfig
+from lwmkit.pipelines.vision_run import VisionJobFailed, VisionSummary, execute
+from lwmkit.pipelines.vision_steps import DecodeOptions
+from lwmkit.runtime.progress import error
+from lwmkit.schemas.errors import ContractError
 
 
 class VisionOptions(PipelineOptions):
@@ -199,43 +189,6 @@ class VisionOptions(PipelineOptions):
         add_flag(parser, "--preview", type=int, default=0, help="Write OUTPUT/preview.png: originals beside reconstructions for N records.")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class VisionJobConfig:
-    """One run of the vision job, validated before anything is read."""
-
-    inputs: str | None
-    output: str
-    source: str = "vision"
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    decoding: DecodeOptions = field(default_factory=DecodeOptions)
-    vqgan: str | None = None
-    vqgan_batch: int = 8
-    vqgan_dtype: str = "float32"
-    num_shards: int = 16
-    max_failure_ratio: float = 0.1
-    retry_dead_letters: bool = False
-    preview: int = 0
-    per_frame: bool = False  # encode frame by frame (set for runners that lose finish_bundle output)
-
-    def __post_init__(self) -> None:
-        require(bool(self.output), "output", "is required (--output)")
-        require(
-            bool(self.inputs) or self.retry_dead_letters,
-            "inputs",
-            "is required (--inputs) unless --retry_dead_letters",
-        )
-        require(bool(self.source), "source", "must not be empty")
-        require(self.vqgan_batch >= 1, "vqgan_batch", "must be >= 1")
-        require(1 <= self.num_shards <= 99999, "num_shards", "must be in [1, 99999]")
-        require(0.0 <= self.max_failure_ratio <= 1.0, "max_failure_ratio", "must be in [0, 1]")
-        require(self.preview >= 0, "preview", "must be >= 0")
-        require(
-            self.decoding.timeout_s > 0 and self.decoding.file_timeout_s > 0,
-            "decode_timeout_s",
-            "must be > 0",
-        )
-
-
 def config_from_options(o: VisionOptions) -> VisionJobConfig:
     fps = 4.0 if o.fps is None else (None if o.fps == 0 else o.fps)
     decode = DecodeConfig(
@@ -249,43 +202,11 @@ def config_from_options(o: VisionOptions) -> VisionJobConfig:
                            o.retry_dead_letters, o.preview)  # fmt: skip
 
 
-def build(p: beam.Pipeline, job: VisionJobConfig, keys: Sequence[str], tokenizer_id: str) -> None:
-    """The job's graph over the input ``keys`` (:attr:`MediaInput.key`) still to do."""
-    from lwmkit.pipelines.dead_letters import WriteDeadLetters
-    from lwmkit.pipelines.inputs import MediaInput
-    from lwmkit.pipelines.vision_output import WriteRecords
-
-    decoded = (
-        p
-        | "ReadInputs" >> beam.Create(list(keys))
-        | "SpreadInputs" >> beam.Reshuffle()
-        | "Decode" >> DecodeMedia(job.decode, job.decoding, job.num_shards)
-    )
-    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(
-        job.vqgan, job.vqgan_batch, job.vqgan_dtype, job.per_frame
-    )
-    records = {"codes": codes, CLIPS: decoded[CLIPS]} | "AssembleRecords" >> AssembleRecords(
-        job.source, tokenizer_id, job.decode.to_json()
-    )
-    shards = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
-    retried = {MediaInput.from_key(k).uri for k in keys}
-    letters = (
-        (decoded[DEAD], records[DEAD])
-        | "AllDeadLetters" >> beam.Flatten()
-        | "WriteDeadLetters" >> WriteDeadLetters(job.output, JOB, replace_uris=retried)
-    )
-    # One final step depending on both writers: Beam 2.77's Dask runner computes only the
-    # graph's last transform (and what it depends on).
-    _ = (shards, letters) | "AllWritten" >> beam.Flatten() | "Done" >> beam.combiners.Count.Globally()
-
-
-def run(argv: Sequence[str] | None = None) -> Any:
-    """Run the job; returns a :class:`~lwmkit.pipelines.vision_run.VisionSummary`.
+def run(argv: Sequence[str] | None = None) -> VisionSummary:
+    """Run the job; returns what it did (counted from its outputs).
 
     Raises ContractError for bad flags or inputs, VisionJobFailed past ``max_failure_ratio``.
     """
-    from lwmkit.pipelines.vision_run import execute
-
     options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
     job = config_from_options(options.view_as(VisionOptions))
     runner = options.view_as(StandardOptions).runner
@@ -297,7 +218,7 @@ def run(argv: Sequence[str] | None = None) -> Any:
     ):
         job = dataclasses.replace(job, per_frame=True)
     FileSystems.set_options(options)  # bucket credentials/endpoints for the driver's own reads
-    return execute(job, options, build)
+    return execute(job, options)
 
 
 def help_text(prog: str = "lwmkit vision") -> str:
@@ -308,10 +229,6 @@ def help_text(prog: str = "lwmkit vision") -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lwmkit.pipelines.vision``: exit 2 on a contract error, 1 when the job fails."""
-    from lwmkit.pipelines.vision_run import VisionJobFailed
-    from lwmkit.progress import error
-    from lwmkit.schemas.errors import ContractError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(help_text("python -m lwmkit.pipelines.vision"))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from lwmkit.pipelines.dead_letters import write_atomic
+from lwmkit.runtime.files import BEAM, write_atomic
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import VISION_RECORD, read_table, validate_rows
 
@@ -71,7 +71,7 @@ def check_settings(output: str, settings: JobSettings) -> None:
                     field=key, source=path,
                 )  # fmt: skip
         return
-    write_atomic(path, settings.to_json().encode())
+    write_atomic(path, settings.to_json().encode(), BEAM)
 
 
 def _shard_inputs(path: str) -> list[str]:
@@ -124,7 +124,7 @@ class _WriteShardFn(beam.DoFn):
         for key, row in items:
             rows[row["id"]] = row  # a re-processed input replaces its old records
             keys.add(key)
-        write_atomic(path, shard_bytes(list(rows.values()), keys))
+        write_atomic(path, shard_bytes(list(rows.values()), keys), BEAM)
         beam.metrics.Metrics.counter(JOB, "shards_written").inc()
         yield path
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from lwmkit.pipelines.dead_letters import dead_letter_path, read_existing
 from lwmkit.pipelines.inputs import MediaInput, read_inputs
+from lwmkit.pipelines.vision_job import VisionJobConfig, build
 from lwmkit.pipelines.vision_output import JOB, JobSettings, check_settings, read_state, record_files
-from lwmkit.progress import step, warn
+from lwmkit.runtime.dead_letters import dead_letter_path, read_existing
+from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
 
 
@@ -51,7 +51,7 @@ def tokenizer_identity(checkpoint: str | None, crop: int) -> str:
     return ckpt.id
 
 
-def plan_inputs(job: Any) -> tuple[list[MediaInput], list[str]]:
+def plan_inputs(job: VisionJobConfig) -> tuple[list[MediaInput], list[str]]:
     """(all inputs named by this run, keys still to process)."""
     state = read_state(job.output)
     letters = read_existing(dead_letter_path(job.output, JOB))
@@ -73,7 +73,7 @@ def plan_inputs(job: Any) -> tuple[list[MediaInput], list[str]]:
     return items, todo
 
 
-def summarise(job: Any, given: int, todo: list[str]) -> VisionSummary:
+def summarise(job: VisionJobConfig, given: int, todo: list[str]) -> VisionSummary:
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
@@ -92,8 +92,9 @@ def summarise(job: Any, given: int, todo: list[str]) -> VisionSummary:
                          records, frames, shards, path)  # fmt: skip
 
 
-def execute(job: Any, options: Any, build: Callable[..., None]) -> VisionSummary:
-    """Plan, run the Beam graph made by ``build`` on the inputs left, then check the failure ratio."""
+def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
+    """Plan, run the job's Beam graph (:func:`~lwmkit.pipelines.vision_job.build`) on the inputs
+    left, then check the failure ratio."""
     tokenizer_id = tokenizer_identity(job.vqgan, job.decode.crop)
     settings = JobSettings(job.num_shards, job.decode.to_json(), tokenizer_id, job.source)
     check_settings(job.output, settings)

@@ -22,10 +22,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from lwmkit.pipelines.dead_letters import letter
 from lwmkit.pipelines.decode import DecodeConfig, MediaPlan
 from lwmkit.pipelines.decode_worker import IsolatedDecoder, decode_local
 from lwmkit.pipelines.inputs import MediaInput
+from lwmkit.runtime.dead_letters import letter
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import VISION_RECORD, validate_rows, vision_record_id
 

@@ -42,7 +42,6 @@ from lwmkit.schemas.shards import (
     iter_tar_samples,
     shard_entry,
     shard_name,
-    write_atomic,
 )
 from lwmkit.schemas.strict import from_dict, to_dict
 from lwmkit.schemas.training import (
@@ -61,5 +60,5 @@ __all__ = [
     "ModelConfig", "OptimizerConfig", "PackedMeta", "ParquetContract", "SegmentInfo", "ShardEntry",
     "ShardSet", "SourceConfig", "StageConfig", "TokenCounts", "TrainConfig", "VocabLayout",
     "chunk_id", "decode_sample", "encode_sample", "from_dict", "load_manifest", "read_dead_letters",
-    "read_table", "stable_id", "build_shard", "iter_tar_samples", "shard_entry", "shard_name", "write_atomic", "to_dict", "validate_packed", "validate_rows", "vision_record_id", "write_table",
+    "read_table", "stable_id", "build_shard", "iter_tar_samples", "shard_entry", "shard_name", "to_dict", "validate_packed", "validate_rows", "vision_record_id", "write_table",
 ]

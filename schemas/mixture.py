@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from lwmkit.schemas.strict import check_format_version, require
 
 MIXTURE_VERSION = 1
 SourceKind = Literal["text", "image_text", "video_text", "book_qa_chat"]
 PackerName = Literal["best_fit_decreasing", "first_fit", "next_fit"]
+PACKERS: tuple[str, ...] = get_args(PackerName)
 # Group names end up in shard file names and sample keys: no dots, slashes or spaces.
 _GROUP = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 

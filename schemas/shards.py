@@ -12,9 +12,9 @@ import hashlib
 import io
 import posixpath
 import tarfile
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -59,36 +59,28 @@ def _fs(path: str):
     return fsspec.core.url_to_fs(path)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it into place (no torn files)."""
-    fs, p = _fs(path)
-    parent = posixpath.dirname(p)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{p}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, p)
+def iter_tar_samples(data: bytes | BinaryIO, *, source: str = "") -> Iterator[dict[str, bytes]]:
+    """Raw webdataset samples (``__key__`` + one entry per extension) from tar bytes, or from
+    a file object read as a stream (members in order, nothing seeks: memory stays one sample).
 
-
-def iter_tar_samples(data: bytes, *, source: str = "") -> Iterator[dict[str, bytes]]:
-    """Raw webdataset samples (``__key__`` + one entry per extension) from tar bytes."""
+    A broken tar raises ContractError naming ``source``, after the samples read before it."""
+    stream = not isinstance(data, bytes | bytearray)
+    fileobj, mode = (data, "r|") if stream else (io.BytesIO(data), "r:")
     current: dict[str, bytes] | None = None
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with tarfile.open(fileobj=fileobj, mode=mode) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                base = posixpath.basename(member.name)
-                key, _, ext = base.partition(".")
+                key, _, ext = posixpath.basename(member.name).partition(".")
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
                 if current is None:
                     current = {"__key__": key}
                 current[ext] = tar.extractfile(member).read()
-    except tarfile.TarError as err:
-        raise ContractError(f"is not a readable tar ({err})", source=source) from None
+    except (tarfile.TarError, EOFError) as err:
+        raise ContractError(f"is not a readable tar ({type(err).__name__}: {err})", source=source) from None
     if current is not None:
         yield current
 

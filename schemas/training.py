@@ -8,11 +8,14 @@ checkpoint unless ``init_from`` names one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from lwmkit.schemas.strict import check_format_version, require
 
 TRAIN_VERSION = 1
+# How a sequence is laid out over the ring's devices (trainer/ring_attention.py's layout_permutation).
+Layout = Literal["contiguous", "zigzag", "striped"]
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class StageConfig:
     mesh: MeshConfig | None = None  # None = the run's mesh
     carry_optimizer: bool = False  # carry optimizer state (moments) from the previous stage
     add_vision: bool = False  # text -> vision: add fresh vte/vision_head if the init has none
-    layout: Literal["contiguous", "zigzag", "striped"] = "contiguous"  # sequence layout on the ring
+    layout: Layout = "contiguous"  # sequence layout on the ring
 
     def __post_init__(self) -> None:
         require(bool(self.name) and "/" not in self.name, "name", "must be non-empty without '/'")

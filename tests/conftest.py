@@ -45,7 +45,7 @@ def make_packed():
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sample videos and the sample book (real files from PyPI packages)."""
-    from lwmkit.sample_data import materialise
+    from lwmkit.runtime.sample_data import materialise
 
     dest = tmp_path_factory.mktemp("samples")
     materialise(dest)

@@ -1,5 +1,5 @@
 """The needle-in-a-haystack text format (shared/LWM_FACTS.md §7), shared by the needle
-training data (``pipelines/needle_data.py``) and the needle eval (``trainer/needle.py``).
+training data (``lwmkit/needle_data.py``) and the needle eval (``trainer/needle.py``).
 
 A needle is LWM's sentence ``The special magic {city} number is: {7 digits}.``; its question
 is ``What is the special magic {city} number?`` followed by LWM's instruction to answer

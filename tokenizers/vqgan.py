@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lwmkit.tokenizers.vqgan_checkpoint import read_checkpoint
 from lwmkit.tokenizers.vqgan_model import (  # noqa: F401 - re-exported: the model is part of this API
     MAX_CODES,
     VQGANConfig,
@@ -145,8 +146,6 @@ def load(path: str | os.PathLike | None = None, *, dtype: str = "float32", chunk
     ``dtype`` is the compute dtype (float32 or bfloat16); ``chunk`` the frames per compiled call.
     Raises ContractError for a file that is not a valid lwmkit VQGAN checkpoint.
     """
-    from lwmkit.tokenizers.vqgan_checkpoint import read_checkpoint
-
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if chunk <= 0:

@@ -18,7 +18,6 @@ before anything is called.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -32,10 +31,10 @@ import fsspec
 import msgpack
 import numpy as np
 
+from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas.errors import ContractError
-from lwmkit.schemas.shards import write_atomic
 from lwmkit.schemas.strict import from_dict, to_dict
-from lwmkit.tokenizers.vqgan import VQGANConfig, param_shapes
+from lwmkit.tokenizers.vqgan_model import VQGANConfig, param_shapes
 
 FORMAT = "lwmkit-vqgan"
 FORMAT_VERSION = 1
@@ -316,6 +315,3 @@ def import_lwm(src: str, out: str, *, norm_groups: int = 32) -> Checkpoint:
     meta = {"imported_from": "LWM pickle", "source_name": src.rsplit("/", 1)[-1]}
     return write_checkpoint(out, config, params, meta=meta)
 
-
-def replace_meta(ckpt: Checkpoint, **meta: Any) -> Checkpoint:
-    return dataclasses.replace(ckpt, meta={**ckpt.meta, **meta})

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lwmkit.progress import step as log_step
+from lwmkit.runtime.progress import step as log_step
 from lwmkit.tokenizers.vqgan import VQGANConfig, VQGANModel, init_params, small_config, to_pixels
 from lwmkit.tokenizers.vqgan_checkpoint import Checkpoint, write_checkpoint
 from lwmkit.tokenizers.vqgan_quality import codebook_usage

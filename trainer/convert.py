@@ -17,6 +17,7 @@ safetensors), and the text -> vision step.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import jax
@@ -232,3 +233,32 @@ def save_llama(params: Tree, model: ModelConfig, path: str, layout: Layout = "hf
     from safetensors.numpy import save_file
 
     save_file(to_llama(params, model, layout), path, metadata={"format": "pt", "converted_by": "lwmkit"})
+
+
+def hf_config_json(model: ModelConfig, seq_len: int, rope_theta: float, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
+    """A ``config.json`` that ``transformers``' ``LlamaForCausalLM`` loads for these weights."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": model.d_model, "intermediate_size": model.mlp_dim, "num_hidden_layers": model.n_layers,
+        "num_attention_heads": model.n_heads, "num_key_value_heads": model.kv_heads, "head_dim": model.head_dim,
+        "vocab_size": model.text_vocab_size, "rms_norm_eps": model.norm_eps, "rope_theta": rope_theta,
+        "rope_scaling": None, "max_position_embeddings": seq_len, "initializer_range": model.init_std,
+        "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
+        "use_cache": True, "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
+    }
+
+
+def clear_path(path: str, overwrite: bool, what: str, *, may_hold: tuple[str, ...] = ()) -> None:
+    """Refuse to write over ``path`` unless ``overwrite``; then remove it first, but only a
+    file or a folder holding nothing but ``may_hold`` (never an unrelated folder)."""
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path)
+    if not fs.exists(p):
+        return
+    if not overwrite:
+        raise ContractError(f"already holds {what}; pass --overwrite to replace it, or choose another --out",
+                            source=path)
+    if fs.isdir(p) and not {os.path.basename(c.rstrip("/")) for c in fs.ls(p, detail=False)} <= set(may_hold):
+        raise ContractError(f"is a folder that is not {what}; lwmkit will not delete it", source=path)
+    fs.rm(p, recursive=True)

@@ -24,6 +24,7 @@ import numpy as np
 
 from lwmkit.schemas import CheckpointConfig, ContractError, ModelConfig, StageConfig, TrainConfig, to_dict
 from lwmkit.trainer import convert, convert_hf
+from lwmkit.trainer.convert import clear_path, hf_config_json
 
 FORMATS = ("hf", "llama-hf", "llama-meta", "lwm")
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -125,18 +126,6 @@ def meta_params_json(model: ModelConfig, rope_theta: float) -> dict[str, Any]:
             "vocab_size": model.text_vocab_size, "norm_eps": model.norm_eps, "rope_theta": rope_theta, **sizing}
 
 
-def hf_config_json(model: ModelConfig, seq_len: int, rope_theta: float, bos_id: int = 1, eos_id: int = 2) -> dict[str, Any]:
-    """A ``config.json`` that ``transformers``' ``LlamaForCausalLM`` loads for these weights."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": model.d_model, "intermediate_size": model.mlp_dim, "num_hidden_layers": model.n_layers,
-        "num_attention_heads": model.n_heads, "num_key_value_heads": model.kv_heads, "head_dim": model.head_dim,
-        "vocab_size": model.text_vocab_size, "rms_norm_eps": model.norm_eps, "rope_theta": rope_theta,
-        "rope_scaling": None, "max_position_embeddings": seq_len, "initializer_range": model.init_std,
-        "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
-        "use_cache": True, "bos_token_id": bos_id, "eos_token_id": eos_id, "torch_dtype": "float32",
-    }
-
 
 
 # ---------------------------------------------------------------- import
@@ -158,7 +147,7 @@ def _read_llama_hf(src: Source) -> Loaded:
                             source=src.path)
     model = src.model or model_from_hf(hf, os.path.join(folder, "config.json"))
     if hf.get("rope_scaling"):
-        from lwmkit.progress import warn
+        from lwmkit.runtime.progress import warn
 
         warn(f"config.json sets rope_scaling {hf['rope_scaling']}; lwmkit's RoPE is unscaled (theta only)")
     tensors = convert.read_safetensors(src.path)
@@ -215,7 +204,7 @@ _READERS = {"hf": _read_llama_hf, "llama-hf": _read_llama_hf, "llama-meta": _rea
 
 def _tokenizer(src: Source, model: ModelConfig):
     """The tokenizer whose id the checkpoint records, checked against the model's vocabulary."""
-    from lwmkit.progress import step, warn
+    from lwmkit.runtime.progress import step, warn
     from lwmkit.tokenizers.text import TextTokenizer
 
     path = src.tokenizer
@@ -253,22 +242,6 @@ def _stage_dir(out: str, stage: str) -> str:
     return f"{out.rstrip('/')}/{stage}"
 
 
-def clear_path(path: str, overwrite: bool, what: str, *, may_hold: tuple[str, ...] = ()) -> None:
-    """Refuse to write over ``path`` unless ``overwrite``; then remove it first, but only a
-    file or a folder holding nothing but ``may_hold`` (never an unrelated folder)."""
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path)
-    if not fs.exists(p):
-        return
-    if not overwrite:
-        raise ContractError(f"already holds {what}; pass --overwrite to replace it, or choose another --out",
-                            source=path)
-    if fs.isdir(p) and not {os.path.basename(c.rstrip("/")) for c in fs.ls(p, detail=False)} <= set(may_hold):
-        raise ContractError(f"is a folder that is not {what}; lwmkit will not delete it", source=path)
-    fs.rm(p, recursive=True)
-
-
 def write_checkpoint(out: str, cfg: TrainConfig, params: Any, lineage: list[dict[str, Any]], *,
                      note: str, step: int = 0) -> str:
     """Write ``params`` as the final checkpoint of ``cfg``'s only stage, the way the trainer
@@ -286,7 +259,7 @@ def write_checkpoint(out: str, cfg: TrainConfig, params: Any, lineage: list[dict
 
 def import_checkpoint(src: Source, out: str, *, stage_name: str = "import", overwrite: bool = False) -> str:
     """Read ``src`` and write it as a trainer checkpoint under ``out``; returns the stage folder."""
-    from lwmkit.progress import step
+    from lwmkit.runtime.progress import step
 
     if "://" not in src.path and not os.path.exists(src.path):
         raise ContractError("does not exist", source=src.path)
@@ -337,7 +310,7 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
     is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). Returns the files."""
     import jax
 
-    from lwmkit.progress import step, warn
+    from lwmkit.runtime.progress import step, warn
     from lwmkit.trainer.generate import load_model
 
     if fmt not in FORMATS:

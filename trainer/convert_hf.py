@@ -181,9 +181,7 @@ def config_json(
     model: ModelConfig, seq_len: int, rope_theta: float, layout: VocabLayout | None, bos_id: int, eos_id: int
 ) -> dict[str, Any]:
     """``config.json`` of the single-vocabulary Llama (text-only models record no split)."""
-    from lwmkit.trainer.convert_checkpoint import hf_config_json
-
-    record = hf_config_json(model, seq_len, rope_theta, bos_id, eos_id)
+    record = convert.hf_config_json(model, seq_len, rope_theta, bos_id, eos_id)
     record["vocab_size"] = model.text_vocab_size + model.vision_vocab_size
     if model.vision_vocab_size:
         record[RECORD] = layout_record(model, layout)
@@ -230,7 +228,7 @@ def _tokenizer(
 ):
     """The checkpoint's tokenizer: ``path``, else the file its lineage names (imports record
     one); its sha256 must be the one the checkpoint records."""
-    from lwmkit.progress import step, warn
+    from lwmkit.runtime.progress import step, warn
     from lwmkit.tokenizers.text import TextTokenizer
 
     if path is not None and no_tokenizer:
@@ -289,7 +287,7 @@ def _layout(tok, model: ModelConfig) -> VocabLayout | None:
             vision_vocab_size=model.vision_vocab_size,
         )
     except ContractError as err:
-        from lwmkit.progress import warn
+        from lwmkit.runtime.progress import warn
 
         warn(f"no vision layout recorded ({err}): vision_ids() will not work on this folder")
         return None
@@ -304,15 +302,14 @@ def export_hf(
     import jax
     from safetensors.numpy import save_file
 
-    from lwmkit.progress import step
-    from lwmkit.trainer.convert_checkpoint import clear_path
+    from lwmkit.runtime.progress import step
     from lwmkit.trainer.generate import load_model
     from lwmkit.trainer.hf_tokenizer import write_tokenizer_files
 
     model, lineage = _meta(ckpt)
     tok = _tokenizer(ckpt, model, lineage, tokenizer, no_tokenizer)
     for name in HF_OUT:
-        clear_path(os.path.join(out, name), overwrite, "an exported model")
+        convert.clear_path(os.path.join(out, name), overwrite, "an exported model")
     step(f"loading {ckpt}")
     loaded = load_model(ckpt)
     os.makedirs(out, exist_ok=True)

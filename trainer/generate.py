@@ -125,7 +125,7 @@ def _put_next(params, h, ids, t, done, eos_id: int):
 
 def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
     """Prefill once, then one ``[B, 1]`` step per token against the KV cache."""
-    from lwmkit.trainer.loss import build_model
+    from lwmkit.trainer.model import build_model
 
     net = build_model(model.config, model.rope_theta, mesh)
     prefill, step = net.clone(kv_cache="prefill"), net.clone(kv_cache="step")
@@ -157,7 +157,7 @@ def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id:
 
 def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
     """No cache: a full forward pass over the buffer (ring attention over ``sp``) per new token."""
-    from lwmkit.trainer.loss import build_model
+    from lwmkit.trainer.model import build_model
 
     net = build_model(model.config, model.rope_theta, mesh)
 

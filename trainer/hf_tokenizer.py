@@ -255,7 +255,7 @@ def write_tokenizer_files(
             json.dump(tokenizer_json(sp, bos_id), f, ensure_ascii=False)
         files.append(path)
     else:
-        from lwmkit.progress import warn
+        from lwmkit.runtime.progress import warn
 
         warn(
             f"tokenizer {source} {why}: wrote tokenizer.model only (transformers converts it itself where its "

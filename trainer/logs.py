@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from lwmkit.progress import step as console_step
+from lwmkit.runtime.progress import step as console_step
 
 
 def measure_peak_flops(n: int = 2048, repeats: int = 3) -> tuple[float, str]:

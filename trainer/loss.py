@@ -23,38 +23,25 @@ on every position and the mask picks one (dynamic compaction does not jit);
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from lwmkit.schemas import PACKED_ARRAYS
 from lwmkit.schemas.training import ModelConfig
-from lwmkit.trainer.mesh import activation_constraint
-from lwmkit.trainer.model import LWMModel, compute_dtype
-from lwmkit.trainer.ring_attention import _divisor_at_most, layout_permutation, ring_attention
+from lwmkit.trainer.model import build_model, compute_dtype
+from lwmkit.trainer.ring_attention import divisor_at_most
 
 F32 = jnp.float32
-BATCH_KEYS = ("input_ids", "target_ids", "loss_weights", "segment_ids", "positions", "vision_mask",
-              "target_vision_mask")
+BATCH_KEYS = tuple(PACKED_ARRAYS)  # a batch holds every array of a packed sequence
 _SUMS = ("weight", "ce", "correct", "tokens")
 
 
 def ring_size(mesh: Mesh | None, axis_name: str = "sp") -> int:
     return mesh.shape[axis_name] if mesh is not None and axis_name in mesh.axis_names else 1
-
-
-def token_index(seq_len: int, mesh: Mesh | None, layout: str) -> jax.Array:
-    """Original position of every slot of a batch permuted into ``layout`` for ``mesh``."""
-    return jnp.asarray(layout_permutation(seq_len, ring_size(mesh), layout))
-
-
-def build_model(config: ModelConfig, rope_theta: float, mesh: Mesh | None) -> LWMModel:
-    """The model wired to ring attention over ``mesh``'s ``sp`` axis (blockwise if None)."""
-    attention = partial(ring_attention, mesh=mesh, causal=True, axis_name="sp", impl=config.attention_impl,
-                        block_q=config.attention_block, block_k=config.attention_block)
-    return LWMModel(config, rope_theta, attention, activation_constraint(mesh))
 
 
 def _head_ce(h: jax.Array, kernel: jax.Array, targets: jax.Array, weights: jax.Array, dtype) -> dict:
@@ -76,7 +63,7 @@ def head_sums(params: dict[str, Any], hidden: jax.Array, batch: dict[str, jax.Ar
     """
     b, L, d = hidden.shape
     per = L // n_shards
-    chunk = _divisor_at_most(per, config.loss_chunk)
+    chunk = divisor_at_most(per, config.loss_chunk)
     nc = per // chunk
 
     def split(x):  # [B, L, ...] -> [nc, B, n_shards, chunk, ...] (unsharded: [B * nc, 1, 1, chunk, ...])
@@ -155,7 +142,7 @@ def loss_and_metrics(
     config: ModelConfig,
     rope_theta: float,
     mesh: Mesh | None,
-    layout: str = "contiguous",
+    permutation: np.ndarray | None = None,
     vision_loss_weight: float = 0.5,
     text_loss_weight: float = 0.5,
     totals: dict[str, jax.Array] | None = None,
@@ -163,8 +150,10 @@ def loss_and_metrics(
     """Scalar loss and metrics of one batch of packed sequences (7 arrays, each ``[B, L]``);
     with ``totals`` (see :func:`combine`) the additive share of a micro-batch.
 
-    The batch is already permuted into ``layout`` for ``mesh``'s ``sp`` axis (the data
-    boundary's job; positions and segment ids travel with their tokens). Metrics:
+    ``permutation`` ``[L]`` is the stage's ring layout (``layout_permutation``, computed once
+    per stage and handed to the shard reader too): the batch is already permuted by it (the
+    data boundary's job; positions and segment ids travel with their tokens); None = the
+    contiguous layout. Metrics:
     ``loss``, ``{text,vision}_{loss,accuracy,tokens,weight}`` (tokens = loss-bearing targets).
     """
     missing = [k for k in BATCH_KEYS if k not in batch]
@@ -173,7 +162,10 @@ def loss_and_metrics(
     L = batch["input_ids"].shape[1]
     n = ring_size(mesh)
     model = build_model(config, rope_theta, mesh)
+    if permutation is not None and np.shape(permutation) != (L,):
+        raise ValueError(f"permutation must be [L] = {(L,)}, got {np.shape(permutation)}")
+    index = jnp.arange(L, dtype=jnp.int32) if permutation is None else jnp.asarray(permutation, jnp.int32)
     hidden = model.apply({"params": params}, batch["input_ids"], batch["vision_mask"], batch["positions"],
-                         batch["segment_ids"], token_index(L, mesh, layout))
+                         batch["segment_ids"], index)
     sums = head_sums(params, hidden, batch, config, n)
     return combine(sums, vision_loss_weight=vision_loss_weight, text_loss_weight=text_loss_weight, totals=totals)

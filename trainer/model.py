@@ -42,8 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
 
 from lwmkit.schemas.training import ModelConfig
+from lwmkit.trainer.mesh import activation_constraint
 from lwmkit.trainer.ring_attention import ring_attention, tile_mask
 
 F32 = jnp.float32
@@ -337,3 +339,10 @@ def unstack_layers(params: dict[str, Any], n_layers: int) -> dict[str, Any]:
     stacked = tr["h"]
     tr["h"] = {str(i): jax.tree_util.tree_map(lambda x, i=i: x[i], stacked) for i in range(n_layers)}
     return {**params, "transformer": tr}
+
+
+def build_model(config: ModelConfig, rope_theta: float, mesh: Mesh | None) -> LWMModel:
+    """The model wired to ring attention over ``mesh``'s ``sp`` axis (blockwise if None)."""
+    attention = partial(ring_attention, mesh=mesh, causal=True, axis_name="sp", impl=config.attention_impl,
+                        block_q=config.attention_block, block_k=config.attention_block)
+    return LWMModel(config, rope_theta, attention, activation_constraint(mesh))

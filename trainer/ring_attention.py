@@ -42,9 +42,9 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-Layout = Literal["contiguous", "zigzag", "striped"]
+from lwmkit.schemas.training import LAYOUTS, Layout
+
 Impl = Literal["ring", "allgather"]
-LAYOUTS: tuple[str, ...] = ("contiguous", "zigzag", "striped")
 BATCH_AXES: tuple[str, ...] = ("dp", "fsdp")
 HEAD_AXIS = "tp"
 F32 = jnp.float32
@@ -79,7 +79,7 @@ def inverse_permutation(perm: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
+def divisor_at_most(n: int, cap: int) -> int:
     """Largest divisor of ``n`` not above ``cap`` (tile sizes must tile a device's block)."""
     for d in range(min(n, cap), 0, -1):
         if n % d == 0:
@@ -108,7 +108,7 @@ def tile_work(
     """
     perm = layout_permutation(seq_len, n_shards, layout)
     c = seq_len // n_shards
-    b = _divisor_at_most(c, block)
+    b = divisor_at_most(c, block)
     blocks = perm.reshape(n_shards, c // b, b)
     # For one segment, tile_mask(...).any() is exactly "max query index >= min key index".
     q_max, k_min = blocks.max(-1), blocks.min(-1)
@@ -260,7 +260,7 @@ def _local_attention(q, k, v, q_idx, k_idx, q_seg, k_seg, *, axis_name, n, causa
     """One device's share: q ``[B,c,Hq,D]``, k/v ``[B,ck,Hkv,D]``, idx ``[c]``, seg ``[B,c]``."""
     b, c, hq, d = q.shape
     ck, hk = k.shape[1], k.shape[2]
-    bq, bk = _divisor_at_most(c, block_q), _divisor_at_most(ck, block_k)
+    bq, bk = divisor_at_most(c, block_q), divisor_at_most(ck, block_k)
     nq, nk = c // bq, ck // bk
     # Tile-major layouts so the scans walk the leading axis: q [nq,B,Hk,G,bq,D], k [nk,B,Hk,bk,D].
     qc = q.reshape(b, nq, bq, hk, hq // hk, d).transpose(1, 0, 3, 4, 2, 5)

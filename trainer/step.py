@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -50,7 +51,7 @@ def _micro_batches(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Arr
     return {k: jnp.moveaxis(v.reshape(v.shape[0] // accum, accum, *v.shape[1:]), 1, 0) for k, v in batch.items()}
 
 
-def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh):
+def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh, permutation: np.ndarray | None):
     from lwmkit.trainer.loss import loss_and_metrics
 
     m = plan.manifest
@@ -62,7 +63,7 @@ def _loss_fn(model: ModelConfig, plan: StagePlan, mesh: Mesh):
             config=model,
             rope_theta=plan.config.rope_theta,
             mesh=mesh,
-            layout=plan.config.layout,
+            permutation=permutation,
             vision_loss_weight=m.vision_loss_weight,
             text_loss_weight=m.text_loss_weight,
             totals=totals,
@@ -105,12 +106,14 @@ def build_step(
     mesh: Mesh,
     optimizer: optax.GradientTransformation,
     abstract_params: Any,
+    permutation: np.ndarray | None = None,
 ) -> StepFn:
-    """The jitted step for one stage on ``mesh``."""
+    """The jitted step for one stage on ``mesh``; ``permutation``: the stage's ring layout
+    (:func:`~lwmkit.trainer.train.stage_permutation`; None = contiguous)."""
     from lwmkit.trainer.mesh import batch_sharding, param_shardings
 
     accum = plan.optimizer.grad_accum
-    loss = _loss_fn(model, plan, mesh)
+    loss = _loss_fn(model, plan, mesh, permutation)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     p_sh = param_shardings(abstract_params, mesh)
     o_sh = param_shardings(abstract_opt, mesh)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from lwmkit.schemas import ShardSet, TrainConfig, to_dict
 from lwmkit.trainer.checkpoint import StageCheckpoints, code_version
@@ -24,6 +24,7 @@ from lwmkit.trainer.data import BatchPlan, ShardReader, global_batch
 from lwmkit.trainer.init import StageStart, abstract_model_params, start_stage
 from lwmkit.trainer.logs import TrainLogger, measure_peak_flops
 from lwmkit.trainer.optim import make_optimizer
+from lwmkit.trainer.ring_attention import layout_permutation
 from lwmkit.trainer.stages import StagePlan, describe, plan_stages
 from lwmkit.trainer.step import build_step, compile_report
 
@@ -57,15 +58,18 @@ def _meta(cfg: TrainConfig, plan: StagePlan, start: StageStart, step: int, globa
     }
 
 
-def _reader(cfg: TrainConfig, plan: StagePlan, mesh) -> ShardReader:
-    from lwmkit.trainer.ring_attention import layout_permutation
+def stage_permutation(plan: StagePlan, mesh: Mesh) -> np.ndarray | None:
+    """The stage's ring layout on ``mesh``: slot order of a sequence (None: contiguous). Computed
+    once per stage; the shard reader permutes every batch by it and the loss masks with it."""
+    if plan.config.layout == "contiguous":
+        return None
+    return layout_permutation(plan.config.seq_len, mesh.shape["sp"], plan.config.layout)
 
+
+def _reader(cfg: TrainConfig, plan: StagePlan, permutation: np.ndarray | None) -> ShardReader:
     shards = ShardSet.open(plan.manifest_path)
     batch = BatchPlan(cfg.seed, plan.name, plan.manifest.sha256, plan.manifest.n_sequences, plan.batch_size)
-    layout = None
-    if plan.config.layout != "contiguous":
-        layout = layout_permutation(plan.config.seq_len, mesh.shape["sp"], plan.config.layout)
-    return ShardReader(shards, batch, layout=layout, prefetch=cfg.prefetch)
+    return ShardReader(shards, batch, layout=permutation, prefetch=cfg.prefetch)
 
 
 def _flops_per_step(cfg: TrainConfig, plan: StagePlan) -> float:
@@ -86,8 +90,9 @@ def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger:
         result.skipped = True
         return result
     mesh = make_mesh(plan.mesh)
+    permutation = stage_permutation(plan, mesh)
     optimizer, schedule = make_optimizer(plan.optimizer, plan.steps)
-    step_fn = build_step(cfg.model, plan, mesh, optimizer, abstract_model_params(cfg.model))
+    step_fn = build_step(cfg.model, plan, mesh, optimizer, abstract_model_params(cfg.model), permutation)
     start = start_stage(cfg, plan, prev, ckpts, step_fn, optimizer)
     logger.event(f"stage '{plan.name}' on mesh {describe_mesh(mesh)}: {start.source}, step {start.step}/{plan.steps}",
                  stage=plan.name, step=start.step, init=start.source)
@@ -95,7 +100,7 @@ def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger:
     result.first_step = start.step
     flops = _flops_per_step(cfg, plan)
     window = {"t": time.perf_counter(), "data": 0.0, "steps": 0, "metrics": []}
-    with _reader(cfg, plan, mesh) as reader:
+    with _reader(cfg, plan, permutation) as reader:
         for step in range(start.step, plan.steps):
             t0 = time.perf_counter()
             batch = global_batch(reader, step, step_fn.batch_sharding)
@@ -164,7 +169,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     for plan in plan_stages(cfg):
         mesh = make_mesh(plan.mesh)
         optimizer, _ = make_optimizer(plan.optimizer, plan.steps)
-        step_fn = build_step(cfg.model, plan, mesh, optimizer, abstract_model_params(cfg.model))
+        step_fn = build_step(cfg.model, plan, mesh, optimizer, abstract_model_params(cfg.model),
+                             stage_permutation(plan, mesh))  # fmt: skip
         report = compile_report(step_fn, plan)
         report["devices"] = int(mesh.devices.size)
         report["params"] = int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(step_fn.abstract_params)))
@@ -172,6 +178,3 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         reports.append(report)
     return reports
 
-
-def check_finite(tree: Any) -> bool:
-    return bool(all(jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)))

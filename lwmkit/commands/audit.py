@@ -43,12 +43,12 @@ def audit(
     from lwmkit.pipelines.audit import AuditConfig
     from lwmkit.pipelines.audit import audit as run_audit
     from lwmkit.pipelines.audit_report import print_report, report_console, write_html, write_json
-    from lwmkit.progress import step
+    from lwmkit.runtime.progress import step
     from lwmkit.schemas import MixtureConfig
 
     mix = None
     if mixture:
-        from lwmkit.config import load_config
+        from lwmkit.runtime.config import load_config
 
         mix = load_config(MixtureConfig, mixture, set_)
     config = AuditConfig(tolerance=tolerance, runner=runner)
@@ -72,7 +72,7 @@ def audit(
         step(f"HTML report: {report}")
     if dashboard:
         from lwmkit.pipelines.audit_plots import render_dashboard
-        from lwmkit.schemas import write_atomic
+        from lwmkit.runtime.files import write_atomic
 
         write_atomic(dashboard, render_dashboard(result))
         step(f"dashboard: {dashboard}")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import typer
 
-from lwmkit.progress import error
+from lwmkit.runtime.progress import error
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 

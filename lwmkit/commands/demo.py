@@ -19,7 +19,7 @@ def demo(
     Every step is the real job run through its CLI in a subprocess (logs in OUT/logs/).
     """
     from lwmkit.demo import SIZES, DemoFailed, check_tools, run_demo
-    from lwmkit.progress import error, step
+    from lwmkit.runtime.progress import error, step
 
     if size not in SIZES:
         raise typer.BadParameter(f"--size must be one of {sorted(SIZES)}, got {size!r}")

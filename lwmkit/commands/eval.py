@@ -47,7 +47,7 @@ def needle(
     title: str = typer.Option(None, "--title", help="Heatmap title."),
 ) -> None:
     """Build haystacks at LENGTHS x DEPTHS, ask for the needles, score exact retrieval, draw the heatmap."""
-    from lwmkit.progress import bar, step
+    from lwmkit.runtime.progress import bar, step
     from lwmkit.schemas import ContractError
     from lwmkit.tokenizers.needle_text import Haystack
     from lwmkit.tokenizers.text import TextTokenizer
@@ -66,7 +66,7 @@ def needle(
         raise ContractError(f"the model was trained with tokenizer {model.tokenizer_id[:12]}, not {tok.id[:12]}; "
                             "pass the same --tokenizer", field="tokenizer", source=checkpoint)
     if book is None:
-        from lwmkit.sample_data import book_source
+        from lwmkit.runtime.sample_data import book_source
 
         book = str(book_source())
     with open(book, encoding="utf-8", errors="replace") as f:

@@ -28,8 +28,8 @@ def needle_data(
     answers only (the format ``lwmkit eval needle`` asks in).
     Example: lwmkit needle-data --seq-len 2048 --examples 500 --out needles/s2k/needles.parquet
     """
-    from lwmkit.pipelines.needle_data import NeedleDataConfig, write_needle_data
-    from lwmkit.progress import step
+    from lwmkit.needle_data import NeedleDataConfig, write_needle_data
+    from lwmkit.runtime.progress import step
     from lwmkit.tokenizers.text import TextTokenizer
 
     try:
@@ -38,7 +38,7 @@ def needle_data(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if book is None:
-        from lwmkit.sample_data import book_source
+        from lwmkit.runtime.sample_data import book_source
 
         book = str(book_source())
     import fsspec

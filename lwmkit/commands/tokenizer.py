@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lwmkit.progress import step
+from lwmkit.runtime.progress import step
 
 app = typer.Typer(help="Text tokenizer (SentencePiece with LWM's conventions).", no_args_is_help=True)
 

@@ -20,14 +20,14 @@ def train(
 
     Re-running the same command after a crash or kill resumes from the latest checkpoint.
     """
-    from lwmkit.config import load_config
+    from lwmkit.runtime.config import load_config
     from lwmkit.schemas import TrainConfig
     from lwmkit.trainer.distributed import from_env, initialize
 
     cfg = load_config(TrainConfig, config, overrides)
     initialize(from_env(coordinator=coordinator, num_processes=num_processes, process_id=process_id, auto=auto_distributed))
     if dry_run:
-        from lwmkit.progress import step
+        from lwmkit.runtime.progress import step
         from lwmkit.trainer.stages import describe, plan_stages
         from lwmkit.trainer.train import dry_run as compile_all
 

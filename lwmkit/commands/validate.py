@@ -30,7 +30,7 @@ def validate_path(path: str, kind: str = "auto") -> str:
     if path.endswith(".jsonl"):
         return f"{path}: valid dead letters, {len(read_dead_letters(path))} entries"
     if path.endswith((".yaml", ".yml")):
-        from lwmkit.config import load_config, read_yaml
+        from lwmkit.runtime.config import load_config, read_yaml
 
         if kind == "auto":
             kind = "train" if "stages" in read_yaml(path) else "mixture"

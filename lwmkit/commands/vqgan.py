@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lwmkit.progress import step
+from lwmkit.runtime.progress import step
 
 app = typer.Typer(help="VQGAN vision tokenizer (256 codes per 256x256 frame, LWM's architecture).",
                   no_args_is_help=True)  # fmt: skip
@@ -16,7 +16,7 @@ DEFAULT_HOLDOUT = "bikes.mp4"  # a whole clip the shipped default never sees, fo
 
 
 def _default_inputs(holdout: list[str]) -> list[Path]:
-    from lwmkit.sample_data import video_sources
+    from lwmkit.runtime.sample_data import video_sources
     from lwmkit.tokenizers.vqgan_frames import installed_images
 
     return [p for p in video_sources() if p.name not in holdout] + installed_images()
@@ -36,7 +36,7 @@ def train_cmd(
     max_frames: int = typer.Option(0, help="Frames kept per clip (linspace); 0 = all."),
 ) -> None:
     """Train a VQGAN on frames (reconstruction + codebook + commitment losses, dead-code restarts)."""
-    from lwmkit.config import load_config
+    from lwmkit.runtime.config import load_config
     from lwmkit.tokenizers.vqgan_frames import frame_pool
     from lwmkit.tokenizers.vqgan_train import VQGANTrainConfig, train
 
@@ -66,7 +66,7 @@ def eval_cmd(
     """Reconstruction PSNR and codebook usage on frames (centre-cropped 256x256); prints JSON."""
     import numpy as np
 
-    from lwmkit.sample_data import video_sources
+    from lwmkit.runtime.sample_data import video_sources
     from lwmkit.tokenizers import vqgan
     from lwmkit.tokenizers.vqgan_frames import center_crop, frame_pool
     from lwmkit.tokenizers.vqgan_quality import evaluate, save_grid

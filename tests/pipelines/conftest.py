@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     Manifest,
     PackedMeta,
@@ -18,7 +19,6 @@ from lwmkit.schemas import (
     encode_sample,
     shard_entry,
     shard_name,
-    write_atomic,
 )
 
 AUDIT_VOCAB = VocabLayout(text_vocab_size=100, bos_id=1, eos_id=2, vision_start_ids=(5,), vision_end_ids=(6,), codes_per_frame=4)

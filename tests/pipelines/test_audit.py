@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lwmkit.config import load_config
 from lwmkit.pipelines.audit import AuditConfig, audit, open_shard_set
 from lwmkit.pipelines.audit_compare import EXIT_DRIFT, EXIT_INTEGRITY, EXIT_OK
+from lwmkit.runtime.config import load_config
 from lwmkit.schemas import ContractError, Manifest, MixtureConfig, TokenCounts, load_manifest
 
 TARGET = {"prose": 0.4, "talk": 0.2, "images": 0.2, "videos": 0.2}

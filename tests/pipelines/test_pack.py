@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from lwmkit.pack_demo import write_demo_mixture, write_vision_records
 from lwmkit.pipelines.pack import run_pack
-from lwmkit.pipelines.pack_demo import write_demo_mixture, write_vision_records
 from lwmkit.schemas import VISION_RECORD, ContractError, ShardSet, read_dead_letters, read_table, write_table
 from lwmkit.tokenizers.text import TextTokenizer
 from lwmkit.tokenizers.vision_layout import find_blocks, split_frames
@@ -203,7 +203,7 @@ def test_reads_and_writes_a_bucket(tmp_path, botchan, monkeypatch):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    from lwmkit.pipelines.pack_demo import write_text_sources
+    from lwmkit.pack_demo import write_text_sources
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

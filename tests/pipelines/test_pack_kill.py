@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lwmkit.pack_demo import write_demo_mixture
 from lwmkit.pipelines.pack import run_pack
-from lwmkit.pipelines.pack_demo import write_demo_mixture
 from lwmkit.schemas import ShardSet
 
 pytestmark = pytest.mark.slow

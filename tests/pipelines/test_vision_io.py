@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.dead_letters import (
+from lwmkit.pipelines.inputs import MediaInput, read_inputs
+from lwmkit.runtime.dead_letters import (
     WriteDeadLetters,
     dead_letter_path,
     letter,
     merge_letters,
     read_existing,
 )
-from lwmkit.pipelines.inputs import MediaInput, read_inputs
 from lwmkit.schemas.dead_letters import DeadLetter
 from lwmkit.schemas.errors import ContractError
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lwmkit.config import apply_overrides, load_config
+from lwmkit.runtime.config import apply_overrides, load_config
 from lwmkit.schemas import ContractError, MixtureConfig, TrainConfig, from_dict, to_dict
 
 MIXTURE = {

@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     ContractError,
     Manifest,
@@ -15,7 +16,6 @@ from lwmkit.schemas import (
     encode_sample,
     shard_entry,
     shard_name,
-    write_atomic,
 )
 
 

@@ -143,7 +143,7 @@ def _lwmkit(*args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, botchan) -> str:
     """512-token shards (text and vision) made by `lwmkit pack` from the sample data."""
-    from lwmkit.pipelines.pack_demo import write_demo_mixture
+    from lwmkit.pack_demo import write_demo_mixture
 
     root = tmp_path_factory.mktemp("packed")
     mixture = write_demo_mixture(root / "demo", botchan)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     ContractError,
     Manifest,
@@ -19,7 +20,6 @@ from lwmkit.schemas import (
     encode_sample,
     shard_entry,
     shard_name,
-    write_atomic,
 )
 from lwmkit.trainer.data import BatchPlan, ShardReader, epoch_permutation, global_batch, local_pieces
 

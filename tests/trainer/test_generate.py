@@ -152,7 +152,7 @@ _MESH_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from lwmkit.schemas import MeshConfig, ModelConfig
 from lwmkit.trainer.generate import LoadedModel, greedy_generate, left_pad
-from lwmkit.trainer.loss import build_model
+from lwmkit.trainer.model import build_model
 from lwmkit.trainer.mesh import make_mesh, param_shardings
 from lwmkit.trainer.model import init_params
 cfg = ModelConfig(text_vocab_size=96, vision_vocab_size=0, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,

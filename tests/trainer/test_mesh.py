@@ -57,7 +57,7 @@ def _run_mesh(mesh, layout, batch, params, config):
         batch = jax.device_put(batch, batch_sharding(mesh, B))
         params = jax.device_put(params, param_shardings(params, mesh))
     fn = jax.jit(jax.value_and_grad(lambda p, b: loss_and_metrics(p, b, config=config, rope_theta=1e4, mesh=mesh,
-                                                                  layout=layout), has_aux=True))
+                                                                  permutation=perm), has_aux=True))
     (loss, metrics), grads = fn(params, batch)
     return float(loss), grads, {k: float(v) for k, v in metrics.items()}
 

@@ -38,7 +38,7 @@ def _lwmkit(*args: str, devices: int = 1, check: bool = True, timeout: int = 600
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, botchan) -> dict[int, str]:
     """Shards at 512 and 2048 tokens, made by `lwmkit pack` from the sample data."""
-    from lwmkit.pipelines.pack_demo import write_demo_mixture
+    from lwmkit.pack_demo import write_demo_mixture
 
     root = tmp_path_factory.mktemp("packed")
     mixture = write_demo_mixture(root / "demo", botchan)

@@ -8,14 +8,12 @@ wrap an iterable or count units of work.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
 _T0 = time.monotonic()
 
@@ -51,9 +49,3 @@ def bar(description: str, total: int | None = None) -> Iterator[callable]:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
 
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    with bar(description, total) as advance:
-        for item in items:
-            yield item
-            advance()

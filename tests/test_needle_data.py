@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lwmkit.needle_data import REPEAT_QUESTION, NeedleDataConfig, haystack_rows, write_needle_data
 from lwmkit.pipelines.formatting import book_chat_examples
-from lwmkit.pipelines.needle_data import REPEAT_QUESTION, NeedleDataConfig, haystack_rows, write_needle_data
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.needle_text import Haystack

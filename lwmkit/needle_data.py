@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id, stable_id, write_table
+from lwmkit.schemas.strict import require
 from lwmkit.tokenizers.needle_text import Haystack, Needle, draw_needles
 from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
 
@@ -61,24 +63,16 @@ class NeedleDataConfig:
     far_depth: float = 0.15  # ... and the needle sits in its first far_depth
 
     def __post_init__(self) -> None:
-        if self.seq_len < 128:
-            raise ValueError(f"seq_len must be >= 128, got {self.seq_len}")
-        if self.examples < 1:
-            raise ValueError(f"examples must be >= 1, got {self.examples}")
-        if not 1 <= self.needles_min <= self.needles_max:
-            raise ValueError(f"need 1 <= needles_min <= needles_max, got {self.needles_min}, {self.needles_max}")
-        if not 0.0 < self.min_fill <= 1.0:
-            raise ValueError(f"min_fill must lie in (0, 1], got {self.min_fill}")
-        if self.chunk_tokens < 32:
-            raise ValueError(f"chunk_tokens must be >= 32, got {self.chunk_tokens}")
-        if not 0.0 <= self.repeat_share <= 1.0:
-            raise ValueError(f"repeat_share must lie in [0, 1], got {self.repeat_share}")
-        if not 0.0 <= self.far_share <= 1.0:
-            raise ValueError(f"far_share must lie in [0, 1], got {self.far_share}")
-        if not 0.0 < self.far_fill <= 1.0:
-            raise ValueError(f"far_fill must lie in (0, 1], got {self.far_fill}")
-        if not 0.0 < self.far_depth <= 1.0:
-            raise ValueError(f"far_depth must lie in (0, 1], got {self.far_depth}")
+        require(self.seq_len >= 128, "seq_len", f"must be >= 128, got {self.seq_len}")
+        require(self.examples >= 1, "examples", f"must be >= 1, got {self.examples}")
+        require(1 <= self.needles_min <= self.needles_max, "needles_min",
+                f"need 1 <= needles_min <= needles_max, got {self.needles_min}, {self.needles_max}")  # fmt: skip
+        require(0.0 < self.min_fill <= 1.0, "min_fill", f"must lie in (0, 1], got {self.min_fill}")
+        require(self.chunk_tokens >= 32, "chunk_tokens", f"must be >= 32, got {self.chunk_tokens}")
+        require(0.0 <= self.repeat_share <= 1.0, "repeat_share", f"must lie in [0, 1], got {self.repeat_share}")
+        require(0.0 <= self.far_share <= 1.0, "far_share", f"must lie in [0, 1], got {self.far_share}")
+        require(0.0 < self.far_fill <= 1.0, "far_fill", f"must lie in (0, 1], got {self.far_fill}")
+        require(0.0 < self.far_depth <= 1.0, "far_depth", f"must lie in (0, 1], got {self.far_depth}")
 
 
 def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
@@ -102,7 +96,7 @@ def _fit_haystack(hay: Haystack, needles: list[Needle], depths: list[float], sta
             return chunks
         # whole sentences: a budget cut smaller than the last one leaves the document as it was
         budget = min(budget, len(hay.tok.encode(document))) - over
-    raise ValueError(f"could not fit a haystack into {room} tokens")
+    raise ContractError(f"could not fit a haystack into {room} tokens", field="seq_len")
 
 
 def _chunks(hay: Haystack, document: str, chunk_tokens: int) -> list[str]:
@@ -174,7 +168,7 @@ def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict
     while len(needles) > 1 and fixed(needles) + 48 > cfg.seq_len:
         needles = needles[:-1]  # a short stage holds fewer needles: every question must fit
     if fixed(needles) + 48 > cfg.seq_len:
-        raise ValueError(f"seq_len {cfg.seq_len} cannot hold a haystack with a needle and its question")
+        raise ContractError(f"{cfg.seq_len} cannot hold a haystack with a needle and its question", field="seq_len")
     far = cfg.far_share > 0 and np.random.default_rng([cfg.seed, index, 3]).random() < cfg.far_share
     floor = fixed(needles) + 128  # prefer some haystack around the needles
     fill = rng.uniform(max(cfg.min_fill, cfg.far_fill), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)

@@ -1,0 +1,111 @@
+"""The one atomic write, and the one name its temporary files get.
+
+A file is written under a temporary sibling name (``{path}.tmp-{hex}``) and renamed into
+place, so a reader never sees a torn file and a killed writer leaves only names that
+:func:`is_temporary` recognises (cleaned up by the next run, flagged by the audit).
+
+Two backends, one sequence of operations: :data:`FSSPEC` (local paths and any fsspec URL;
+the trainer, tokenizers and the pack job) and :data:`BEAM` (Beam's ``FileSystems``, which a
+Beam job configures from its pipeline options -- bucket endpoints and credentials -- so its
+DoFns must write through it). Beam is imported only when :data:`BEAM` is used.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Protocol
+
+TEMP_MARKER = ".tmp-"
+
+
+def temp_path(path: str) -> str:
+    """A fresh temporary sibling of ``path``."""
+    return f"{path}{TEMP_MARKER}{uuid.uuid4().hex}"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a temporary left by :func:`write_atomic`."""
+    return TEMP_MARKER in posixpath.basename(name)
+
+
+class Files(Protocol):
+    """What an atomic write (and a read-modify-write of a small file) needs from a filesystem."""
+
+    def read(self, path: str) -> bytes | None: ...  # None: no such file
+    def make_parent(self, path: str) -> None: ...
+    def write(self, path: str, data: bytes) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+
+
+class _Fsspec:
+    def read(self, path: str) -> bytes | None:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        try:
+            with fs.open(p, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def make_parent(self, path: str) -> None:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        parent = posixpath.dirname(p)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+
+    def write(self, path: str, data: bytes) -> None:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        with fs.open(p, "wb") as f:
+            f.write(data)
+
+    def rename(self, src: str, dst: str) -> None:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(src)
+        fs.mv(p, fsspec.core.url_to_fs(dst)[1])
+
+
+class _Beam:
+    def read(self, path: str) -> bytes | None:
+        from apache_beam.io.filesystems import FileSystems
+
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            return f.read()
+
+    def make_parent(self, path: str) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        parent = path.rsplit("/", 1)[0] if "/" in path else "."
+        if not FileSystems.exists(parent):
+            FileSystems.mkdirs(parent)
+
+    def write(self, path: str, data: bytes) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as f:
+            f.write(data)
+
+    def rename(self, src: str, dst: str) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.rename([src], [dst])  # replaces an existing file (os.rename locally; copy on buckets)
+
+
+FSSPEC: Files = _Fsspec()
+BEAM: Files = _Beam()
+
+
+def write_atomic(path: str, data: bytes, files: Files = FSSPEC) -> None:
+    """Write ``data`` to a temporary sibling of ``path``, then rename it into place (no torn files)."""
+    files.make_parent(path)
+    tmp = temp_path(path)
+    files.write(tmp, data)
+    files.rename(tmp, path)
