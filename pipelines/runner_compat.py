@@ -43,12 +43,13 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
+import apache_beam as beam
 from apache_beam import DoFn, pvalue
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import Receiver
-from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
-from apache_beam.runners.runner import PipelineState
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 BEAM_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 PATCHED_DASK_RUNNER = "lwmkit.pipelines.runner_compat.PatchedDaskRunner"
@@ -204,8 +205,6 @@ class _BagVisitor(PipelineVisitor):
             _Read,
         )
 
-        import apache_beam as beam
-
         inputs = [self._input(pc) for pc in node.inputs if not isinstance(pc, pvalue.PBegin)]
         transform = node.transform
         # Grouping already yields plain (key, [values]) in the global window: like Beam's runner,
@@ -263,41 +262,58 @@ class _BagVisitor(PipelineVisitor):
         return [bag.count() for key, bag in self.bags.items() if key not in self.consumed]
 
 
-@dataclasses.dataclass
-class PatchedDaskRunnerResult(DaskRunnerResult):
-    """Beam's result plus metrics: every bundle's counters, committed once the job succeeded."""
+class PatchedDaskRunnerResult(PipelineResult):
+    """The futures of one run; metrics are every bundle's, committed once the job succeeded."""
 
-    metric_updates: Any = None  # future: list of MetricUpdates, one per bundle
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __init__(self, client: Any, futures: list, metric_updates: Any) -> None:
+        super().__init__(PipelineState.RUNNING)
         from apache_beam.runners.direct.direct_metrics import DirectMetrics
 
+        self.client, self.futures, self.metric_updates = client, futures, metric_updates
         self._metrics = DirectMetrics()
 
     def wait_until_finish(self, duration: float | None = None) -> str:
-        if self._state == PipelineState.DONE:
+        """Block until every branch ran (``duration`` in ms, as Beam's); raises the first task error."""
+        import dask.distributed as ddist
+
+        if self._state in (PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED):
             return self._state
         try:
-            state = super().wait_until_finish(duration)
-            for updates in self.metric_updates.result():
+            timeout = None if duration is None else duration / 1000
+            for _ in ddist.as_completed(self.futures, timeout=timeout, with_results=True):
+                pass  # gathering (small counts) is what re-raises a worker's exception here
+            for updates in self.metric_updates.result(timeout=timeout):
                 self._metrics.commit_logical(None, updates)
                 self._metrics.commit_physical(None, updates)
+            self._state = PipelineState.DONE
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
         finally:
             self.client.close()  # the runner's own connection; the cluster stays up
-        return state
+        return self._state
+
+    def cancel(self) -> str:
+        self.client.cancel([*self.futures, self.metric_updates])
+        self._state = PipelineState.CANCELLED
+        return self._state
 
     def metrics(self) -> Any:
         return self._metrics
 
 
-class PatchedDaskRunner(DaskRunner):
-    """Beam's DaskRunner with the fixes listed in this module's docstring."""
+class PatchedDaskRunner(BundleBasedDirectRunner):
+    """Beam's DaskRunner (its options, its transform overrides) with our translation: the fixes
+    listed in this module's docstring. Named by :func:`adapt`; dask is imported only here."""
+
+    @staticmethod
+    def is_fnapi_compatible() -> bool:
+        return False
 
     def run_pipeline(self, pipeline: Any, options: PipelineOptions) -> PatchedDaskRunnerResult:
-        import dask
         import dask.bag as db
         import dask.distributed as ddist
+        from apache_beam.runners.dask.dask_runner import DaskOptions
         from apache_beam.runners.dask.overrides import dask_overrides
 
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
