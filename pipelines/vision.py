@@ -14,7 +14,6 @@ passes ``--max_failure_ratio``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +21,11 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.decode import DECODERS, DecodeConfig
 from lwmkit.pipelines.options import add_flag
+from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.vision_steps import (
     CLIPS,
     DEAD,
@@ -215,7 +215,6 @@ class VisionJobConfig:
     max_failure_ratio: float = 0.1
     retry_dead_letters: bool = False
     preview: int = 0
-    per_frame: bool = False  # encode frame by frame (set for runners that lose finish_bundle output)
 
     def __post_init__(self) -> None:
         require(bool(self.output), "output", "is required (--output)")
@@ -261,22 +260,17 @@ def build(p: beam.Pipeline, job: VisionJobConfig, keys: Sequence[str], tokenizer
         | "SpreadInputs" >> beam.Reshuffle()
         | "Decode" >> DecodeMedia(job.decode, job.decoding, job.num_shards)
     )
-    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(
-        job.vqgan, job.vqgan_batch, job.vqgan_dtype, job.per_frame
-    )
+    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(job.vqgan, job.vqgan_batch, job.vqgan_dtype)
     records = {"codes": codes, CLIPS: decoded[CLIPS]} | "AssembleRecords" >> AssembleRecords(
         job.source, tokenizer_id, job.decode.to_json()
     )
-    shards = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
+    _ = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
     retried = {MediaInput.from_key(k).uri for k in keys}
-    letters = (
+    _ = (
         (decoded[DEAD], records[DEAD])
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(job.output, JOB, replace_uris=retried)
     )
-    # One final step depending on both writers: Beam 2.77's Dask runner computes only the
-    # graph's last transform (and what it depends on).
-    _ = (shards, letters) | "AllWritten" >> beam.Flatten() | "Done" >> beam.combiners.Count.Globally()
 
 
 def run(argv: Sequence[str] | None = None) -> Any:
@@ -286,16 +280,8 @@ def run(argv: Sequence[str] | None = None) -> Any:
     """
     from lwmkit.pipelines.vision_run import execute
 
-    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    options = adapt(PipelineOptions(list(argv) if argv is not None else sys.argv[1:]))
     job = config_from_options(options.view_as(VisionOptions))
-    runner = options.view_as(StandardOptions).runner
-    if (
-        "dask"
-        in str(
-            getattr(runner, "__name__", type(runner).__name__) if not isinstance(runner, str) else runner
-        ).lower()
-    ):
-        job = dataclasses.replace(job, per_frame=True)
     FileSystems.set_options(options)  # bucket credentials/endpoints for the driver's own reads
     return execute(job, options, build)
 
