@@ -248,7 +248,6 @@ def test_vision_on_dask_matches_the_direct_runner(cluster, vision_media, vqgan_c
     assert cluster.ran(before) > 10, f"after {time.monotonic() - started:.0f} s"
     direct, dask = _files(tmp_path / "direct"), _files(tmp_path / "dask")
     assert (
-        any(n.startswith("vision-") for n in direct)
-        and b"random.mp4" in direct["dead_letters/vision.jsonl"]
+        any(n.startswith("vision-") for n in direct) and b"random.mp4" in direct["dead_letters/vision.jsonl"]
     )
     assert dask == direct
