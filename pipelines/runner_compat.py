@@ -2,7 +2,7 @@
 
 Apache Beam 2.77's ``apache_beam.runners.dask.dask_runner.DaskRunner`` translates a pipeline
 into dask bags on a dask.distributed cluster, but (line numbers are Beam 2.77's files under
-``apache_beam/runners/dask/``):
+``apache_beam/runners/dask/``, i.e. github.com/apache/beam/tree/v2.77.0/sdks/python/apache_beam/runners/dask):
 
 1. **Tagged outputs leak into every output.** A multi-output ParDo becomes ONE bag
    (``transform_evaluator.py:114`` ``OneReceiver`` collects every tag into one list) and each
@@ -27,9 +27,12 @@ into dask bags on a dask.distributed cluster, but (line numbers are Beam 2.77's 
 6. **One partition by default**: ``Create`` puts up to 128 elements in a partition
    (``transform_evaluator.py:174``), so a job of 100 inputs runs on one worker unless
    ``--dask_npartitions`` is given.
+7. **Workers never see the job's filesystem flags** (``--s3_endpoint_url``, ...): nothing calls
+   ``FileSystems.set_options`` outside the driver.
 
-:class:`PatchedDaskRunner` is Beam's DaskRunner with its own translation of the pipeline that
-fixes all six (it reuses Beam's DaskOptions, overrides and result type). Jobs call
+:class:`PatchedDaskRunner` is built like Beam's DaskRunner (the same base class, its ``DaskOptions``
+flags, its transform overrides, dask bags on the same cluster) with our own translation of the
+pipeline, which fixes all seven. Jobs call
 :func:`adapt` on their options: when ``--runner`` names Beam's Dask runner, the patched one
 runs instead; every other runner is left alone. Known limits kept: windows other than the
 global one are not carried between steps (none of our jobs window), and ``beam.io.Read``
@@ -111,6 +114,21 @@ class _BundleSpec:
     args: tuple
     kwargs: dict
     side_views: tuple  # (view class, view options) per side input, in order
+    options: dict  # the job's pipeline options: bucket endpoints/credentials flags for FileSystems
+
+
+_OPTIONS_SET: list[dict] = []  # the options this worker process last gave FileSystems
+
+
+def _use_options(options: dict) -> None:
+    """Beam's filesystems read --s3_endpoint_url etc. from set_options, which only the driver calls
+    (gap 7): do it once per worker process and job."""
+    if _OPTIONS_SET and _OPTIONS_SET[0] == options:
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(PipelineOptions.from_dictionary(options))
+    _OPTIONS_SET[:] = [options]
 
 
 def _run_bundle(spec: _BundleSpec, items: Iterable[Any], *side_values: list) -> list[tuple[Any, Any]]:
@@ -123,6 +141,7 @@ def _run_bundle(spec: _BundleSpec, items: Iterable[Any], *side_values: list) -> 
     from apache_beam.transforms.sideinputs import SideInputMap
     from apache_beam.utils.counters import CounterFactory
 
+    _use_options(spec.options)
     out: list = []
     receivers = _Receivers(out)
     handler = _OutputHandler(
@@ -186,8 +205,8 @@ def _group_values(group: tuple[Any, list]) -> tuple[Any, list]:
 class _BagVisitor(PipelineVisitor):
     """Translates each leaf transform into dask bags, one bag per PCollection (gap 1)."""
 
-    def __init__(self, bag_kwargs: dict, default_partitions: int) -> None:
-        self.bag_kwargs, self.default_partitions = bag_kwargs, default_partitions
+    def __init__(self, bag_kwargs: dict, default_partitions: int, options: dict) -> None:
+        self.bag_kwargs, self.default_partitions, self.options = bag_kwargs, default_partitions, options
         self.bags: dict[int, Any] = {}  # by id() of the PCollection
         self.consumed: set[int] = set()
         self.metrics: list[Any] = []
@@ -251,7 +270,9 @@ class _BagVisitor(PipelineVisitor):
             # private copy of its graph, which then runs once per consumer
             parts = si_bag.to_delayed(optimize_graph=False)
             values.append(dask.delayed(_concat, pure=True)(parts))
-        spec = _BundleSpec(transform.fn, node.full_label, window_fn, tuple(args), dict(kwargs), tuple(views))
+        spec = _BundleSpec(
+            transform.fn, node.full_label, window_fn, tuple(args), dict(kwargs), tuple(views), self.options
+        )
         tagged = bag.map_partitions(functools.partial(_run_bundle, spec), *values)
         for tag, pc in node.outputs.items():
             self.bags[id(pc)] = tagged.filter(functools.partial(_has_tag, tag)).map(_value)
@@ -321,7 +342,7 @@ class PatchedDaskRunner(BundleBasedDirectRunner):
         client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
         threads = sum(client.nthreads().values()) or 1
-        visitor = _BagVisitor(bag_kwargs, 2 * threads)
+        visitor = _BagVisitor(bag_kwargs, 2 * threads, options.get_all_options(drop_default=True))
         pipeline.visit(visitor)
         metrics = db.concat(visitor.metrics) if visitor.metrics else db.from_sequence([])
         # no graph optimisation: fusing would copy a shared step into each consumer (running it twice)
