@@ -10,7 +10,7 @@ then timed; the
 DirectRunner starts fresh worker processes in every run, which is part of what it costs. Every
 run's output must be byte-identical to the first one's.
 
-    python benchmarks/bench_dask.py            # ~3 min on 2 busy cores
+    python benchmarks/bench_dask.py            # about 3 min on 2 busy cores
     python benchmarks/bench_dask.py --fps 4 --scale 20 --copies 4   # bigger
 """
 
@@ -123,8 +123,8 @@ def make_inputs(root: Path, copies: int, scale: int) -> tuple[Path, Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fps", default="2", help="Vision frames sampled per second.")
-    parser.add_argument("--copies", type=int, default=2, help="Copies of each sample video.")
-    parser.add_argument("--scale", type=int, default=8, help="Pack mixture size, in demo mixtures.")
+    parser.add_argument("--copies", type=int, default=1, help="Copies of each sample video.")
+    parser.add_argument("--scale", type=int, default=4, help="Pack mixture size, in demo mixtures.")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     videos, one, mixture = make_inputs(root, args.copies, args.scale)
