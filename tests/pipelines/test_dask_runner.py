@@ -12,12 +12,22 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import apache_beam as beam
+import cloudpickle
 import pytest
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import AsSingleton
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from lwmkit.cli import main
+from lwmkit.pipelines.runner_compat import adapt
 
 pytestmark = pytest.mark.slow
 distributed = pytest.importorskip("distributed")
@@ -124,6 +134,78 @@ def _files(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name not in skip
     }
+
+
+# ---- the runner's fixes, one by one, on a small pipeline --------------------------------------
+
+
+class _SplitLate(beam.DoFn):
+    """Multiples of 3 to a tagged output at once; the rest held and emitted from finish_bundle."""
+
+    def __init__(self) -> None:
+        self.seen = Metrics.counter("toy", "seen")
+
+    def start_bundle(self) -> None:
+        self.held: list[int] = []
+
+    def process(self, x: int):
+        self.seen.inc()
+        if x % 3 == 0:
+            yield beam.pvalue.TaggedOutput("dead", f"dead {x}")
+        else:
+            self.held.append(x)
+
+    def finish_bundle(self):
+        for x in self.held:
+            yield WindowedValue(x, 0, [GlobalWindow()])
+
+
+def _mark(x: object, folder: str) -> object:
+    (Path(folder) / uuid.uuid4().hex).touch()  # one file per execution of this step
+    return x
+
+
+def _toy(args: list[str], out: Path, marks: Path) -> tuple[dict[str, bytes], int, int]:
+    """(files written, executions of the side input's step, the 'seen' counter)."""
+    marks.mkdir()
+    p = beam.Pipeline(options=adapt(PipelineOptions(args)))
+    split = (
+        p
+        | "Numbers" >> beam.Create(list(range(40)))
+        | beam.ParDo(_SplitLate()).with_outputs("dead", main="ok")
+    )
+    once = p | "Once" >> beam.Create([1]) | "Mark" >> beam.Map(_mark, str(marks))
+    total = split.ok | beam.CombineGlobally(sum)
+    shown = split.ok | "Show" >> beam.Map(
+        lambda x, t, o: f"{x}/{t}/{o}", AsSingleton(total), AsSingleton(once)
+    )
+    _ = shown | "WriteOk" >> beam.io.WriteToText(str(out / "ok"), num_shards=1, shard_name_template="")
+    _ = split.dead | "WriteDead" >> beam.io.WriteToText(
+        str(out / "dead"), num_shards=1, shard_name_template=""
+    )
+    result = p.run()
+    result.wait_until_finish()
+    seen = result.metrics().query(MetricsFilter().with_name("seen"))["counters"]
+    return _files(out), len(list(marks.iterdir())), sum(c.committed for c in seen)
+
+
+def test_runner_fixes_on_a_small_pipeline(cluster, tmp_path):
+    """Tagged outputs routed, finish_bundle output kept, both writers run, a side input's step
+    computed once for all its consumers' partitions, counters collected."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests
+    try:
+        direct = _toy([], tmp_path / "direct", tmp_path / "marks-direct")
+        before = cluster.executed()
+        dask = _toy(
+            _dask_args(cluster) + ["--dask_npartitions=4"], tmp_path / "dask", tmp_path / "marks-dask"
+        )
+        assert cluster.ran(before) > 10
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    files, marks, seen = dask
+    assert files["dead"].count(b"dead") == 14 and files["ok"].count(b"\n") == 26
+    assert (marks, seen) == (1, 40)
+    assert dask == direct
 
 
 # ---- pack ----------------------------------------------------------------------------------
