@@ -69,6 +69,9 @@ def adapt(options: PipelineOptions) -> PipelineOptions:
     """``options`` with Beam's Dask runner swapped for :class:`PatchedDaskRunner` (in place)."""
     std = options.view_as(StandardOptions)
     if is_dask_runner(std.runner):
+        # registers Beam's DaskOptions, so parsing the job's options keeps --dask_* (no warning)
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+
         std.runner = PATCHED_DASK_RUNNER
     return options
 
@@ -297,25 +300,29 @@ class PatchedDaskRunnerResult(PipelineResult):
         """Block until every branch ran (``duration`` in ms, as Beam's); raises the first task error."""
         import dask.distributed as ddist
 
-        if self._state in (PipelineState.DONE, PipelineState.FAILED, PipelineState.CANCELLED):
+        if self._state != PipelineState.RUNNING:
             return self._state
         try:
             timeout = None if duration is None else duration / 1000
             for _ in ddist.as_completed(self.futures, timeout=timeout, with_results=True):
                 pass  # gathering (small counts) is what re-raises a worker's exception here
-            for updates in self.metric_updates.result(timeout=timeout):
-                self._metrics.commit_logical(None, updates)
-                self._metrics.commit_physical(None, updates)
-            self._state = PipelineState.DONE
+            updates = self.metric_updates.result(timeout=timeout)
+        except TimeoutError:
+            return self._state  # still running: ask again
         except BaseException:
             self._state = PipelineState.FAILED
+            self.client.close()
             raise
-        finally:
-            self.client.close()  # the runner's own connection; the cluster stays up
+        for u in updates:
+            self._metrics.commit_logical(None, u)
+            self._metrics.commit_physical(None, u)
+        self._state = PipelineState.DONE
+        self.client.close()  # the runner's own connection; the cluster stays up
         return self._state
 
     def cancel(self) -> str:
         self.client.cancel([*self.futures, self.metric_updates])
+        self.client.close()
         self._state = PipelineState.CANCELLED
         return self._state
 
