@@ -114,7 +114,7 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         if c is not None:
-            c.client.close()
+            c.client.shutdown()  # scheduler and workers close at once (SIGTERM alone takes seconds)
         for p in reversed(procs):
             p.terminate()
         for p in reversed(procs):
