@@ -10,7 +10,7 @@ then timed; the
 DirectRunner starts fresh worker processes in every run, which is part of what it costs. Every
 run's output must be byte-identical to the first one's.
 
-    python benchmarks/bench_dask.py            # about 3 min on 2 busy cores
+    python benchmarks/bench_dask.py            # ~4 min on the shared 2-core box (load ~12)
     python benchmarks/bench_dask.py --fps 4 --scale 20 --copies 4   # bigger
 """
 
