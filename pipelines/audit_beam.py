@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.audit_shards import ShardSetRef, open_shard_set, recount_shard, scratch_dir
 from lwmkit.pipelines.audit_stats import Recount
+from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.schemas.errors import ContractError
 
 
@@ -98,7 +99,7 @@ def _read_recount(path: str) -> Recount:
 
 def run(argv: Sequence[str] | None = None, ref: ShardSetRef | None = None) -> Recount:
     """Run the job with Beam flags ``argv``; returns the recount it wrote."""
-    options = PipelineOptions(argv)
+    options = adapt(PipelineOptions(argv))
     audit = options.view_as(AuditOptions)
     missing = [f"--{n}" for n in ("shards", "recount_output") if not getattr(audit, n)]
     if missing:

@@ -39,6 +39,7 @@ from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
+from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.dead_letters import WriteDeadLetters
 from lwmkit.runtime.progress import step
 from lwmkit.schemas.errors import ContractError
@@ -242,7 +243,7 @@ def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the job; returns the summary also written to ``OUTPUT/summary.json``."""
-    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    options = adapt(PipelineOptions(list(argv) if argv is not None else sys.argv[1:]))
     o = options.view_as(BooksOptions)
     _require(bool(o.input), "--input", "at least one --input pattern is required")
     _require(bool(o.output), "--output", "an --output folder is required")

@@ -28,6 +28,7 @@ from lwmkit.pipelines.mixture import MixturePlan, example_key, plan_mixture
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.pack_sources import COUNTS, DEAD, ReadSource, list_files
 from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, prepare_output
+from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.sequences import fit_example
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.manifest import Manifest, load_manifest
@@ -199,7 +200,7 @@ def run_pack(
     job = PackJob.create(mixture, seq_len, stage, out, tokenizer)
     step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
     prepare_output(job.out)
-    options = PipelineOptions(list(pipeline_args))
+    options = adapt(PipelineOptions(list(pipeline_args)))
     try:
         with beam.Pipeline(options=options) as p:
             build(p, job)

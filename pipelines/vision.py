@@ -14,16 +14,16 @@ passes ``--max_failure_ratio``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.decode import DECODERS, DecodeConfig
 from lwmkit.pipelines.options import add_flag
+from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.vision_job import VisionJobConfig
 from lwmkit.pipelines.vision_run import VisionJobFailed, VisionSummary, execute
 from lwmkit.pipelines.vision_steps import DecodeOptions
@@ -207,16 +207,8 @@ def run(argv: Sequence[str] | None = None) -> VisionSummary:
 
     Raises ContractError for bad flags or inputs, VisionJobFailed past ``max_failure_ratio``.
     """
-    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    options = adapt(PipelineOptions(list(argv) if argv is not None else sys.argv[1:]))
     job = config_from_options(options.view_as(VisionOptions))
-    runner = options.view_as(StandardOptions).runner
-    if (
-        "dask"
-        in str(
-            getattr(runner, "__name__", type(runner).__name__) if not isinstance(runner, str) else runner
-        ).lower()
-    ):
-        job = dataclasses.replace(job, per_frame=True)
     FileSystems.set_options(options)  # bucket credentials/endpoints for the driver's own reads
     return execute(job, options)
 

@@ -43,7 +43,6 @@ class VisionJobConfig:
     max_failure_ratio: float = 0.1
     retry_dead_letters: bool = False
     preview: int = 0
-    per_frame: bool = False  # encode frame by frame (set for runners that lose finish_bundle output)
 
     def __post_init__(self) -> None:
         require(bool(self.output), "output", "is required (--output)")
@@ -73,19 +72,14 @@ def build(p: beam.Pipeline, job: VisionJobConfig, keys: Sequence[str], tokenizer
         | "SpreadInputs" >> beam.Reshuffle()
         | "Decode" >> DecodeMedia(job.decode, job.decoding, job.num_shards)
     )
-    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(
-        job.vqgan, job.vqgan_batch, job.vqgan_dtype, job.per_frame
-    )
+    codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(job.vqgan, job.vqgan_batch, job.vqgan_dtype)
     records = {"codes": codes, CLIPS: decoded[CLIPS]} | "AssembleRecords" >> AssembleRecords(
         job.source, tokenizer_id, job.decode.to_json()
     )
-    shards = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
+    _ = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
     retried = {MediaInput.from_key(k).uri for k in keys}
-    letters = (
+    _ = (
         (decoded[DEAD], records[DEAD])
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(job.output, JOB, replace_uris=retried)
     )
-    # One final step depending on both writers: Beam 2.77's Dask runner computes only the
-    # graph's last transform (and what it depends on).
-    _ = (shards, letters) | "AllWritten" >> beam.Flatten() | "Done" >> beam.combiners.Count.Globally()

@@ -106,8 +106,6 @@ def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
         build(pipeline, job, todo, tokenizer_id)
         result = pipeline.run()
         result.wait_until_finish()
-        if getattr(result, "client", None) is not None:  # the Dask runner's own client: close it
-            result.client.close()
     summary = summarise(job, len(items), todo)
     step(f"vision: {summary.attempted - summary.failed}/{summary.attempted} inputs tokenized, {summary.failed} "
          f"dead-lettered ({summary.dead_letters}); output holds {summary.records} records, {summary.frames} frames "

@@ -5,8 +5,6 @@ video streams through decode and the VQGAN without ever being held whole. A file
 descriptions are emitted only after its last frame decoded cleanly: a file that fails half-way
 leaves frames without a description, which AssembleRecords drops (all-or-nothing per input;
 the file itself is in the dead letters).
-Each step emits one PCollection of ``(tag, value)`` pairs split by :func:`split_tagged` rather
-than Beam's multi-output ParDo: the Dask runner (Beam 2.77) mixes up tagged outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import TaggedOutput
 
 from lwmkit.pipelines.decode import DecodeConfig, MediaPlan
 from lwmkit.pipelines.decode_worker import IsolatedDecoder, decode_local
@@ -31,18 +30,6 @@ from lwmkit.schemas.records import VISION_RECORD, validate_rows, vision_record_i
 
 JOB = "vision"
 FRAMES, CLIPS, DEAD, ROWS = "frames", "clips", "dead", "rows"
-
-
-def _only(tag: str) -> Any:
-    def pick(element: tuple[str, Any]) -> list[Any]:
-        return [element[1]] if element[0] == tag else []
-
-    return pick
-
-
-def split_tagged(tagged: beam.PCollection, tags: tuple[str, ...]) -> dict[str, beam.PCollection]:
-    """``{tag: PCollection of the values tagged so}`` from a PCollection of ``(tag, value)``."""
-    return {tag: tagged | f"Only{tag.title()}" >> beam.FlatMap(_only(tag)) for tag in tags}
 
 
 @dataclass(frozen=True)
@@ -101,12 +88,12 @@ class _DecodeFn(beam.DoFn):
             ids = [_clip_id(item, plan, c) for c in range(len(plan.clips))]
             for clip, k, frame in events:
                 self.frames.inc()
-                yield FRAMES, (ids[clip], (k, frame))
+                yield ids[clip], (k, frame)
             for clip, rid in zip(plan.clips, ids, strict=True):
-                yield CLIPS, (rid, _clip_meta(item, plan, clip, rid, self.cfg, self.num_shards))
+                yield TaggedOutput(CLIPS, (rid, _clip_meta(item, plan, clip, rid, self.cfg, self.num_shards)))
         except Exception as err:  # any failure of one input is its dead letter, never the job's end
             self.failed.inc()
-            yield DEAD, letter(item.uri, stage, JOB, err, detail=key)
+            yield TaggedOutput(DEAD, letter(item.uri, stage, JOB, err, detail=key))
         finally:
             if tmpdir:
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -139,55 +126,29 @@ class DecodeMedia(beam.PTransform):
         super().__init__()
         self.cfg, self.opts, self.num_shards = cfg, opts, num_shards
 
-    def expand(self, keys: beam.PCollection) -> dict[str, beam.PCollection]:
-        tagged = keys | "DecodeFiles" >> beam.ParDo(_DecodeFn(self.cfg, self.opts, self.num_shards))
-        return split_tagged(tagged, (FRAMES, CLIPS, DEAD))
-
-
-class _EncodeEachFn(beam.DoFn):
-    """Frame-at-a-time encoding, for runners that drop what ``finish_bundle`` emits (Dask)."""
-
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-
-    def setup(self) -> None:
-        self.model = self.handler.load_model()  # cached per process: Dask sets up per bundle
-
-    def process(self, element: tuple[Any, np.ndarray]) -> Iterable[tuple[Any, np.ndarray]]:
-        key, frame = element
-        yield key, self.handler.run_inference([frame], self.model)[0]
+    def expand(self, keys: beam.PCollection) -> Any:
+        fn = _DecodeFn(self.cfg, self.opts, self.num_shards)
+        return keys | "DecodeFiles" >> beam.ParDo(fn).with_outputs(CLIPS, DEAD, main=FRAMES)
 
 
 class TokenizeFrames(beam.PTransform):
     """PCollection[(record id, (k, frame))] -> PCollection[(record id, (k, int16 codes [256]))].
 
-    ``RunInference`` batches frames across videos with ``BatchElements``. ``per_frame`` encodes
-    each frame as it comes instead: Beam 2.77's Dask runner drops ``finish_bundle`` output,
-    which is where BatchElements emits its last batch.
+    ``RunInference`` batches frames across videos with ``BatchElements``.
     """
 
-    def __init__(
-        self, checkpoint: str | None, batch_size: int, dtype: str = "float32", per_frame: bool = False
-    ) -> None:
+    def __init__(self, checkpoint: str | None, batch_size: int, dtype: str = "float32") -> None:
         super().__init__()
-        self.checkpoint, self.batch_size, self.dtype, self.per_frame = (
-            checkpoint,
-            batch_size,
-            dtype,
-            per_frame,
-        )
+        self.checkpoint, self.batch_size, self.dtype = checkpoint, batch_size, dtype
 
     def expand(self, frames: beam.PCollection) -> beam.PCollection:
         from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
         from lwmkit.pipelines.vqgan_handler import VQGANModelHandler
 
-        handler = VQGANModelHandler(self.checkpoint, 1 if self.per_frame else self.batch_size, self.dtype)
+        handler = VQGANModelHandler(self.checkpoint, self.batch_size, self.dtype)
         keyed = frames | "KeyByFrame" >> beam.Map(lambda kv: ((kv[0], kv[1][0]), kv[1][1]))
-        if self.per_frame:
-            encoded = keyed | "RunVQGAN" >> beam.ParDo(_EncodeEachFn(handler))
-        else:
-            encoded = keyed | "RunVQGAN" >> RunInference(KeyedModelHandler(handler))
+        encoded = keyed | "RunVQGAN" >> RunInference(KeyedModelHandler(handler))
         return encoded | "KeyByRecord" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
 
 
@@ -217,10 +178,10 @@ class _AssembleFn(beam.DoFn):
                    "decode_settings": self.decode_settings}  # fmt: skip
             validate_rows([row], VISION_RECORD, source=meta["uri"])
         except Exception as err:
-            yield DEAD, letter(meta["uri"], "tokenize", JOB, err, detail=key)
+            yield TaggedOutput(DEAD, letter(meta["uri"], "tokenize", JOB, err, detail=key))
             return
         self.records.inc()
-        yield ROWS, (bucket, (key, row))
+        yield bucket, (key, row)
 
 
 class AssembleRecords(beam.PTransform):
@@ -230,10 +191,6 @@ class AssembleRecords(beam.PTransform):
         super().__init__()
         self.args = (source, tokenizer_id, decode_settings)
 
-    def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
-        tagged = (
-            inputs
-            | "JoinCodesAndClips" >> beam.CoGroupByKey()
-            | "BuildRecords" >> beam.ParDo(_AssembleFn(*self.args))
-        )
-        return split_tagged(tagged, (ROWS, DEAD))
+    def expand(self, inputs: dict[str, beam.PCollection]) -> Any:
+        joined = inputs | "JoinCodesAndClips" >> beam.CoGroupByKey()
+        return joined | "BuildRecords" >> beam.ParDo(_AssembleFn(*self.args)).with_outputs(DEAD, main=ROWS)
