@@ -23,7 +23,6 @@ on every position and the mask picks one (dynamic compaction does not jit);
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -31,9 +30,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from lwmkit.schemas.training import ModelConfig
+from lwmkit.trainer.flash_ring import attention_for
 from lwmkit.trainer.mesh import activation_constraint
 from lwmkit.trainer.model import LWMModel, compute_dtype
-from lwmkit.trainer.ring_attention import _divisor_at_most, layout_permutation, ring_attention
+from lwmkit.trainer.ring_attention import _divisor_at_most, layout_permutation
 
 F32 = jnp.float32
 BATCH_KEYS = ("input_ids", "target_ids", "loss_weights", "segment_ids", "positions", "vision_mask",
@@ -51,10 +51,9 @@ def token_index(seq_len: int, mesh: Mesh | None, layout: str) -> jax.Array:
 
 
 def build_model(config: ModelConfig, rope_theta: float, mesh: Mesh | None) -> LWMModel:
-    """The model wired to ring attention over ``mesh``'s ``sp`` axis (blockwise if None)."""
-    attention = partial(ring_attention, mesh=mesh, causal=True, axis_name="sp", impl=config.attention_impl,
-                        block_q=config.attention_block, block_k=config.attention_block)
-    return LWMModel(config, rope_theta, attention, activation_constraint(mesh))
+    """The model wired to ring attention over ``mesh``'s ``sp`` axis (one device if None), each
+    hop running ``config.attention_kernel`` (see :func:`~lwmkit.trainer.flash_ring.attention_for`)."""
+    return LWMModel(config, rope_theta, attention_for(config, mesh), activation_constraint(mesh))
 
 
 def _head_ce(h: jax.Array, kernel: jax.Array, targets: jax.Array, weights: jax.Array, dtype) -> dict:

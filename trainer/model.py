@@ -1,7 +1,7 @@
 """The LWM network (Flax linen): a LLaMA-style decoder with LWM's vision embedding and head.
 
 Math only: where each array lives is ``trainer/mesh.py``'s business, the attention kernel is
-``trainer/ring_attention.py`` (passed in as ``attention``), the loss is ``trainer/loss.py``.
+``trainer/ring_attention.py`` or the fused ``trainer/flash_ring.py`` (passed in as ``attention``), the loss is ``trainer/loss.py``.
 
 Parameter tree (EasyLM/LWM naming, so LLaMA-2 and LWM checkpoints convert by renaming only;
 kernels are ``[in, out]`` as in Flax, i.e. the transpose of PyTorch's ``weight``)::
@@ -44,7 +44,8 @@ import numpy as np
 from jax import lax
 
 from lwmkit.schemas.training import ModelConfig
-from lwmkit.trainer.ring_attention import ring_attention, tile_mask
+from lwmkit.trainer.flash_ring import attention_for
+from lwmkit.trainer.ring_attention import tile_mask
 
 F32 = jnp.float32
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -276,7 +277,7 @@ class LWMModel(nn.Module):
 
     config: ModelConfig
     rope_theta: float = 10000.0
-    attention: AttentionFn | None = None  # None = single-device blockwise attention
+    attention: AttentionFn | None = None  # None = single-device attention (config.attention_kernel)
     constrain: Constrain = _no_constraint
     kv_cache: str = "none"  # "none" | "prefill" | "step" (decoding only)
 
@@ -284,8 +285,7 @@ class LWMModel(nn.Module):
         c = self.config
         if self.kv_cache not in KV_CACHE_MODES:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {self.kv_cache!r}")
-        attention = self.attention or partial(
-            ring_attention, mesh=None, causal=True, block_q=c.attention_block, block_k=c.attention_block)
+        attention = self.attention or attention_for(c, None)
         self.transformer = Transformer(c, attention, self.rope_theta, self.constrain, self.kv_cache)
         self.lm_head = _dense(c, c.text_vocab_size, "lm_head")
         if c.vision_vocab_size:
