@@ -32,9 +32,12 @@ def resolve_kernel(name: str, backend: str | None = None) -> str:
     """``auto`` -> ``pallas`` on GPU, ``xla`` elsewhere; ``xla``/``pallas`` as given."""
     if name not in ("auto", "xla", "pallas"):
         raise ValueError(f"attention_kernel must be auto, xla or pallas, got {name!r}")
+    backend = backend or jax.default_backend()
+    if name == "pallas" and backend == "tpu":  # Mosaic wants (8, 128)-aligned blocks: another kernel
+        raise ValueError("attention_kernel 'pallas' is a Triton (GPU) kernel and does not lower on TPU; use 'xla'")
     if name != "auto":
         return name
-    return "pallas" if (backend or jax.default_backend()) in ("gpu", "cuda", "rocm") else "xla"
+    return "pallas" if backend in ("gpu", "cuda", "rocm") else "xla"
 
 
 def _combine(o, lse, o_h, lse_h):

@@ -133,7 +133,7 @@ def _logger(cfg: TrainConfig) -> TrainLogger:
     if cfg.peak_flops is not None:
         peak, source = cfg.peak_flops, "configured"
     else:
-        peak, source = measure_peak_flops()
+        peak, source = measure_peak_flops(cfg.model.dtype)  # the compute dtype's peak, not fp32's
     log_dir = cfg.log_dir or f"{cfg.checkpoint.dir.rstrip('/')}/logs"
     return TrainLogger(log_dir, peak_flops=peak, peak_source=source, n_devices=jax.device_count(),
                        is_main=jax.process_index() == 0)

@@ -193,6 +193,8 @@ def test_kernel_choice():
     assert resolve_kernel("pallas", "cpu") == "pallas"
     with pytest.raises(ValueError, match="attention_kernel"):
         resolve_kernel("cudnn")
+    with pytest.raises(ValueError, match="does not lower on TPU"):
+        resolve_kernel("pallas", "tpu")
 
 
 def test_lowers_to_triton_for_cuda():
