@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from lwmkit.progress import step as console_step
+from lwmkit.progress import warn
 
 
 def measure_matmul(dtype: str = "float32", n: int | None = None, repeats: int = 3) -> float:
@@ -84,9 +85,12 @@ class TrainLogger:
         self._jsonl = None
         if is_main:
             os.makedirs(log_dir, exist_ok=True)
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # e.g. a bare accelerator image: the JSONL log is the record
+                warn("tensorboardX is not installed: no TensorBoard events (train.jsonl is still written)")
+            else:
+                self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
             self._jsonl = open(os.path.join(log_dir, "train.jsonl"), "a", encoding="utf-8")
         console_step(
             f"MFU = model FLOPs (fwd+bwd, attention included) / (step time x {n_devices} devices x "
@@ -135,7 +139,7 @@ class TrainLogger:
         console_step(f"{stage} step {step}/{steps} | " + " | ".join(parts))
         if self.is_main:
             for k, v in rec.items():
-                if isinstance(v, float) and k != "time":
+                if self._tb is not None and isinstance(v, float) and k != "time":
                     self._tb.add_scalar(f"{stage}/{k}" if k != "loss" else "loss", v, global_step)
             self._jsonl.write(json.dumps(rec, sort_keys=True) + "\n")
             self._jsonl.flush()

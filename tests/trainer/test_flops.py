@@ -89,3 +89,13 @@ def test_mfu_above_100_percent_is_never_printed(tmp_path, capsys):
     assert rec["mfu"] is None and '"mfu": null' in jsonl
     assert "MFU n/a (above peak)" in out and "exceeds the peak" in out
     assert "272" not in out
+
+
+def test_logger_without_tensorboardx_keeps_the_jsonl(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as on a bare accelerator image: import fails
+    rec, jsonl = _record(tmp_path, 1e12, 1e11)
+    assert rec["mfu"] == pytest.approx(0.1) and '"mfu": 0.1' in jsonl
+    assert "tensorboardX is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "tensorboard").exists()
