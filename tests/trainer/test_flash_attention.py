@@ -96,12 +96,64 @@ def _multidevice_cases() -> dict[str, dict[str, float]]:
             return sharded(q, k, v, seg, mesh, layout=lay, causal=c, impl=i)
 
         results[f"{impl}-{layout}-{'causal' if causal else 'full'}"] = errors(fn, q, k, v, ct, seg, causal)
+    results["model-fsdp2-sp4-zigzag"] = _model_on_a_mesh()
     qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
     out = sharded(qb, kb, vb, seg, mesh, layout="striped", causal=True)
     results["bf16-striped"] = {
         "out": float(jnp.max(jnp.abs(out.astype(jnp.float32) - reference_attention(qb, kb, vb, seg))))
     }
     return results
+
+
+def _model_on_a_mesh() -> dict[str, float]:
+    """The model's loss and gradients on an fsdp=2 x sp=4 mesh (zig-zag), fused vs XLA hops."""
+    from lwmkit.schemas.training import MeshConfig, ModelConfig
+    from lwmkit.trainer.loss import loss_and_metrics
+    from lwmkit.trainer.mesh import make_mesh, param_shardings
+    from lwmkit.trainer.model import init_params
+
+    base = dict(
+        text_vocab_size=96,
+        vision_vocab_size=0,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        mlp_dim=64,
+        attention_block=8,
+        loss_chunk=16,
+    )
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=1, sequence=4))
+    r, length = np.random.default_rng(5), 64
+    ids = r.integers(0, 96, (2, length)).astype(np.int32)
+    seg = np.where(np.arange(length) < 27, 1, 2)[None].repeat(2, 0).astype(np.int32)
+    pos = np.where(seg == 1, np.arange(length), np.arange(length) - 27).astype(np.int32)
+    batch = {
+        "input_ids": ids,
+        "target_ids": np.roll(ids, -1, 1),
+        "loss_weights": np.ones((2, length), np.float32),
+        "segment_ids": seg,
+        "positions": pos,
+        "vision_mask": np.zeros((2, length), bool),
+        "target_vision_mask": np.zeros((2, length), bool),
+    }
+    perm = layout_permutation(length, 4, "zigzag")
+    batch = {k: jnp.asarray(v[:, perm]) for k, v in batch.items()}
+    got = {}
+    for kernel in ("xla", "pallas"):
+        config = ModelConfig(**base, attention_kernel=kernel)
+        params = init_params(config, jax.random.PRNGKey(0))
+        params = jax.device_put(params, param_shardings(params, mesh))
+
+        def loss(p, config=config):
+            return loss_and_metrics(p, batch, config=config, rope_theta=1e4, mesh=mesh, layout="zigzag")[0]
+
+        got[kernel] = jax.jit(jax.value_and_grad(loss))(params)
+    (lx, gx), (lp, gp) = got["xla"], got["pallas"]
+    grads = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(gx), jax.tree.leaves(gp), strict=True)
+    )
+    return {"loss": abs(float(lx - lp)), "grads": grads}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +173,12 @@ def multidevice() -> dict[str, dict[str, float]]:
 def test_fused_ring_on_8_devices_matches_reference(multidevice, case):
     errs = multidevice[case]
     assert max(errs.values()) <= TOL, errs
+
+
+@pytest.mark.slow
+def test_model_on_a_sequence_sharded_mesh_agrees_with_the_xla_ring(multidevice):
+    errs = multidevice["model-fsdp2-sp4-zigzag"]
+    assert errs["loss"] < 1e-6 and errs["grads"] < 1e-6, errs
 
 
 @pytest.mark.slow
