@@ -34,7 +34,9 @@ def resolve_kernel(name: str, backend: str | None = None) -> str:
         raise ValueError(f"attention_kernel must be auto, xla or pallas, got {name!r}")
     backend = backend or jax.default_backend()
     if name == "pallas" and backend == "tpu":  # Mosaic wants (8, 128)-aligned blocks: another kernel
-        raise ValueError("attention_kernel 'pallas' is a Triton (GPU) kernel and does not lower on TPU; use 'xla'")
+        raise ValueError(
+            "attention_kernel 'pallas' is a Triton (GPU) kernel and does not lower on TPU; use 'xla'"
+        )
     if name != "auto":
         return name
     return "pallas" if backend in ("gpu", "cuda", "rocm") else "xla"
@@ -78,9 +80,8 @@ def _ring_backward(res, do, *, axis_name, n, hop_bwd):
             (dq, dk, dv), kv = carry
             nxt = _rotate(kv, axis_name, n)
             g = grad(kv)
-            dk, dv = _rotate(
-                (dk + g[1], dv + g[2]), axis_name, n
-            )  # dk/dv follow their block; home after n hops
+            # dk/dv follow their block round the ring and are home after n hops
+            dk, dv = _rotate((dk + g[1], dv + g[2]), axis_name, n)
             return ((dq + g[0], dk, dv), nxt), None
 
         zeros = (jnp.zeros(q.shape, F32), jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32))
@@ -108,16 +109,8 @@ def _make_core(axis_name: str, n: int, causal: bool, block_q: int, block_k: int)
 
 def _local(q, k, v, q_idx, k_idx, q_seg, k_seg, *, axis_name, n, causal, block_q, block_k):
     bq, bk = _divisor_at_most(q.shape[1], block_q), _divisor_at_most(k.shape[1], block_k)
-    core = _make_core(axis_name, n, causal, bq, bk)
-    return core(
-        q,
-        k,
-        v,
-        q_idx.astype(jnp.int32),
-        k_idx.astype(jnp.int32),
-        q_seg.astype(jnp.int32),
-        k_seg.astype(jnp.int32),
-    )
+    ints = (x.astype(jnp.int32) for x in (q_idx, k_idx, q_seg, k_seg))
+    return _make_core(axis_name, n, causal, bq, bk)(q, k, v, *ints)
 
 
 def flash_ring_attention(
@@ -155,17 +148,13 @@ def flash_ring_attention(
     def local(q, k, v, idx, seg):
         if impl == "allgather":
             gather = partial(lax.all_gather, axis_name=axis_name, tiled=True)
-            return _local(
-                q,
+            k_all, v_all, idx_all, seg_all = (
                 gather(k, axis=1),
                 gather(v, axis=1),
-                idx,
                 gather(idx, axis=0),
-                seg,
                 gather(seg, axis=1),
-                n=1,
-                **kw,
             )
+            return _local(q, k_all, v_all, idx, idx_all, seg, seg_all, n=1, **kw)
         return _local(q, k, v, idx, idx, seg, seg, n=n, **kw)
 
     mapped = jax.shard_map(
