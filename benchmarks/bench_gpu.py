@@ -86,16 +86,21 @@ def _fwd_bwd(f):
 
 
 def attention_section(lengths, heads: int, head_dim: int, dtype, repeats: int, deadline: float) -> None:
-    say(f"attention fwd+bwd, causal, B=1, {heads} heads x {head_dim}, {np.dtype(dtype).name}, 4 packed documents "
-        "(cuDNN: no segments)")
+    say(
+        f"attention fwd+bwd, causal, B=1, {heads} heads x {head_dim}, {np.dtype(dtype).name}, 4 packed documents "
+        "(cuDNN: no segments)"
+    )
     on_gpu = jax.default_backend() == "gpu"
     kernels = {
         "fused (pallas)": lambda q, k, v, s, i: flash_ring_attention(q, k, v, s, i, None),
-        "xla blockwise 1024": lambda q, k, v, s, i: ring_attention(q, k, v, s, i, None, block_q=1024, block_k=1024),
+        "xla blockwise 1024": lambda q, k, v, s, i: ring_attention(
+            q, k, v, s, i, None, block_q=1024, block_k=1024
+        ),
     }
     if on_gpu:
         kernels["cudnn flash (no segments)"] = lambda q, k, v, s, i: jax.nn.dot_product_attention(
-            q, k, v, is_causal=True, implementation="cudnn")
+            q, k, v, is_causal=True, implementation="cudnn"
+        )
     for L in lengths:
         r = np.random.default_rng(0)
         q, k, v, ct = (jnp.asarray(r.normal(size=(1, L, heads, head_dim)), dtype) for _ in range(4))
@@ -120,12 +125,34 @@ def attention_section(lengths, heads: int, head_dim: int, dtype, repeats: int, d
 # ----------------------------------------------------------------------------- the model
 def model_config(small: bool, kernel: str, remat: str) -> ModelConfig:
     if small:
-        return ModelConfig(text_vocab_size=8000, vision_vocab_size=8448, d_model=64, n_layers=2, n_heads=2, mlp_dim=128,
-                           dtype="float32", scan_layers=True, remat=remat, attention_kernel=kernel,
-                           attention_block=128, loss_chunk=128)
-    return ModelConfig(text_vocab_size=32000, vision_vocab_size=8448, d_model=2048, n_layers=16, n_heads=16,
-                       mlp_dim=5632, dtype="bfloat16", scan_layers=True, remat=remat, attention_kernel=kernel,
-                       attention_block=1024, loss_chunk=1024)
+        return ModelConfig(
+            text_vocab_size=8000,
+            vision_vocab_size=8448,
+            d_model=64,
+            n_layers=2,
+            n_heads=2,
+            mlp_dim=128,
+            dtype="float32",
+            scan_layers=True,
+            remat=remat,
+            attention_kernel=kernel,
+            attention_block=128,
+            loss_chunk=128,
+        )
+    return ModelConfig(
+        text_vocab_size=32000,
+        vision_vocab_size=8448,
+        d_model=2048,
+        n_layers=16,
+        n_heads=16,
+        mlp_dim=5632,
+        dtype="bfloat16",
+        scan_layers=True,
+        remat=remat,
+        attention_kernel=kernel,
+        attention_block=1024,
+        loss_chunk=1024,
+    )
 
 
 def model_batch(config: ModelConfig, L: int) -> dict[str, jax.Array]:
@@ -133,12 +160,26 @@ def model_batch(config: ModelConfig, L: int) -> dict[str, jax.Array]:
     seg, pos = packed(L)
     ids = jnp.asarray(r.integers(0, config.text_vocab_size, (1, L)), jnp.int32)
     vm = jnp.zeros((1, L), bool)
-    return {"input_ids": ids, "target_ids": jnp.roll(ids, -1, 1), "loss_weights": jnp.ones((1, L), jnp.float32),
-            "segment_ids": seg, "positions": pos, "vision_mask": vm, "target_vision_mask": vm}
+    return {
+        "input_ids": ids,
+        "target_ids": jnp.roll(ids, -1, 1),
+        "loss_weights": jnp.ones((1, L), jnp.float32),
+        "segment_ids": seg,
+        "positions": pos,
+        "vision_mask": vm,
+        "target_vision_mask": vm,
+    }
 
 
-def model_section(kernel: str, lengths, small: bool, peaks: tuple[float, float], repeats: int, deadline: float,
-                  mfus: dict[tuple[str, int], float]) -> None:
+def model_section(
+    kernel: str,
+    lengths,
+    small: bool,
+    peaks: tuple[float, float],
+    repeats: int,
+    deadline: float,
+    mfus: dict[tuple[str, int], float],
+) -> None:
     """``peaks``: (bf16 matmul measured now, the peak lwmkit train divides by); ``mfus`` gets the latter's MFU."""
     from lwmkit.trainer.loss import loss_and_metrics
     from lwmkit.trainer.model import count_params, init_params
@@ -151,17 +192,22 @@ def model_section(kernel: str, lengths, small: bool, peaks: tuple[float, float],
         try:
             params = init_params(config, jax.random.PRNGKey(0))
             batch = model_batch(config, L)
-            fn = jax.jit(jax.value_and_grad(
-                lambda p, b, c=config: loss_and_metrics(p, b, config=c, rope_theta=1e6, mesh=None)[0]))
+            fn = jax.jit(
+                jax.value_and_grad(
+                    lambda p, b, c=config: loss_and_metrics(p, b, config=c, rope_theta=1e6, mesh=None)[0]
+                )
+            )
             seconds = timed(fn, params, batch, repeats=repeats)
         except Exception as err:
             say(f"  {kernel} L={kib(L)}: failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
             continue
         achieved = step_flops(config, L, 1).total_halved / seconds
         mfus[(kernel, L)] = achieved / peaks[1]
-        say(f"  model {count_params(params) / 1e9:.3f}B, {kernel}, L={kib(L)}, remat {config.remat}: "
+        say(
+            f"  model {count_params(params) / 1e9:.3f}B, {kernel}, L={kib(L)}, remat {config.remat}: "
             f"{L / seconds / 1e3:.2f}K tokens/s, {achieved / 1e12:.3f} TFLOP/s = {share(achieved / peaks[0])} of the "
-            f"measured matmul, MFU {share(mfus[(kernel, L)])} of train's peak")
+            f"measured matmul, MFU {share(mfus[(kernel, L)])} of train's peak"
+        )
         del params
 
 
@@ -172,8 +218,10 @@ def _missing(*modules: str) -> list[str]:
 
 def _pack_demo(tmp: Path, seq_len: int) -> str | None:
     if _missing("apache_beam"):
-        say("  no shards: lwmkit pack needs apache-beam, which is not installed here. Pack on a CPU machine "
-            f"(lwmkit pack --mixture <demo mixture> --seq-len {seq_len} --out DIR) and pass --shards DIR")
+        say(
+            "  no shards: lwmkit pack needs apache-beam, which is not installed here. Pack on a CPU machine "
+            f"(lwmkit pack --mixture <demo mixture> --seq-len {seq_len} --out DIR) and pass --shards DIR"
+        )
         return None
     from lwmkit.pipelines.pack_demo import write_demo_mixture
     from lwmkit.sample_data import materialise
@@ -181,8 +229,24 @@ def _pack_demo(tmp: Path, seq_len: int) -> str | None:
     materialise(tmp / "samples", videos=False)
     mixture = write_demo_mixture(tmp / "demo", (tmp / "samples" / "books" / "botchan.txt").read_text())
     out = tmp / f"shards-{seq_len}"
-    subprocess.run([sys.executable, "-c", "from lwmkit.cli import main; main()", "pack", "--mixture", str(mixture),
-                    "--seq-len", str(seq_len), "--stage", "bench", "--out", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lwmkit.cli import main; main()",
+            "pack",
+            "--mixture",
+            str(mixture),
+            "--seq-len",
+            str(seq_len),
+            "--stage",
+            "bench",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(out)
 
 
@@ -199,14 +263,28 @@ def train_section(shards: str | None, small: bool, steps: int, bench_mfu: dict, 
     L = load_manifest(f"{shards.rstrip('/')}/manifest.json").seq_len
     cfg = {
         "model": asdict(model_config(small, "auto", "full" if L >= 32768 else "none")),
-        "mesh": {"fsdp": 1}, "log_every": 2, "checkpoint": {"dir": str(tmp / "ck"), "every_steps": 4, "keep": 1},
+        "mesh": {"fsdp": 1},
+        "log_every": 2,
+        "checkpoint": {"dir": str(tmp / "ck"), "every_steps": 4, "keep": 1},
         "optimizer": {"lr": 1e-4},
-        "stages": [{"name": "bench", "seq_len": L, "rope_theta": 1e6, "steps": steps, "batch_size": 1, "data": shards}],
+        "stages": [
+            {
+                "name": "bench",
+                "seq_len": L,
+                "rope_theta": 1e6,
+                "steps": steps,
+                "batch_size": 1,
+                "data": shards,
+            }
+        ],
     }
     (tmp / "train.json").write_text(json.dumps(cfg))
     say(f"  lwmkit train: {steps} steps of {shards} (L={L}), log every 2 steps, a checkpoint at step 4")
-    proc = subprocess.run([sys.executable, "-c", "from lwmkit.cli import main; main()", "train", str(tmp / "train.json")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from lwmkit.cli import main; main()", "train", str(tmp / "train.json")],
+        capture_output=True,
+        text=True,
+    )
     for line in proc.stderr.splitlines():
         if " step " in line or "MFU =" in line or "checkpoint" in line or "error" in line:
             print("    " + line.strip(), flush=True)
@@ -218,34 +296,56 @@ def train_section(shards: str | None, small: bool, steps: int, bench_mfu: dict, 
     if steps_recs and ("pallas" if jax.default_backend() == "gpu" else "xla", L) in bench_mfu:
         logged = steps_recs[-1].get("mfu")
         ref = bench_mfu[("pallas" if jax.default_backend() == "gpu" else "xla", L)]
-        say(f"  train's last logged MFU {'n/a' if logged is None else share(logged)} vs this bench's {share(ref)} "
-            "for the same model and L (train adds the optimizer update and data loading; peaks measured apart)")
+        say(
+            f"  train's last logged MFU {'n/a' if logged is None else share(logged)} vs this bench's {share(ref)} "
+            "for the same model and L (train adds the optimizer update and data loading; peaks measured apart)"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny sizes on CPU (interpret mode): a smoke check")
-    ap.add_argument("--shards", help="packed shards for the lwmkit train section (default: pack the demo mixture)")
+    ap.add_argument(
+        "--shards", help="packed shards for the lwmkit train section (default: pack the demo mixture)"
+    )
     ap.add_argument("--steps", type=int, default=6, help="lwmkit train steps (a checkpoint at step 4)")
     ap.add_argument("--budget", type=float, default=270.0, help="seconds after which later cases are skipped")
     args = ap.parse_args()
     small = args.small
     deadline = T0 + args.budget
     dev = jax.devices()[0]
-    say(f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)"
-        + ("  [--small: smoke check, not performance]" if small else ""))
+    say(
+        f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s)"
+        + ("  [--small: smoke check, not performance]" if small else "")
+    )
     dtype = "float32" if small else "bfloat16"  # the models' compute dtype in each mode
-    measured = measure_matmul(dtype, n=None if small else 8192, repeats=3 if small else 10)  # small: train's n
+    measured = measure_matmul(
+        dtype, n=None if small else 8192, repeats=3 if small else 10
+    )  # small: train's n
     table = vendor_peak(dev.device_kind, dtype)
-    say(f"{dtype} matmul peak measured now: {measured / 1e12:.3f} TFLOP/s per device; vendor dense {dtype}: "
-        + (f"{table / 1e12:.0f} TFLOP/s" if table else "not in the table"))
-    train_peak, source = (measured, "measured") if dev.platform == "cpu" else choose_peak(dev.device_kind, dtype, measured)
+    say(
+        f"{dtype} matmul peak measured now: {measured / 1e12:.3f} TFLOP/s per device; vendor dense {dtype}: "
+        + (f"{table / 1e12:.0f} TFLOP/s" if table else "not in the table")
+    )
+    train_peak, source = (
+        (measured, "measured") if dev.platform == "cpu" else choose_peak(dev.device_kind, dtype, measured)
+    )
     say(f"lwmkit train divides by {train_peak / 1e12:.3f} TFLOP/s ({source})")
     repeats = 2 if small else 3
-    attention_section([256] if small else [8192, 32768, 131072], 2 if small else 16, 32 if small else 128,
-                      jnp.float32 if small else jnp.bfloat16, repeats, deadline)
-    say("1B model fwd+bwd (value_and_grad of the training loss), B=1, 4 packed documents, fused kernel; MFU over "
-        "the bf16 peak" if not small else "tiny model fwd+bwd, fused kernel")
+    attention_section(
+        [256] if small else [8192, 32768, 131072],
+        2 if small else 16,
+        32 if small else 128,
+        jnp.float32 if small else jnp.bfloat16,
+        repeats,
+        deadline,
+    )
+    say(
+        "1B model fwd+bwd (value_and_grad of the training loss), B=1, 4 packed documents, fused kernel; MFU over "
+        "the bf16 peak"
+        if not small
+        else "tiny model fwd+bwd, fused kernel"
+    )
     lengths = [256] if small else [8192, 32768]
     mfus: dict[tuple[str, int], float] = {}
     model_section("pallas", lengths, small, (measured, train_peak), repeats, deadline, mfus)
