@@ -53,7 +53,8 @@ def main() -> None:
         recs = [json.loads(x) for x in (tmp / f"ck-{L}" / "logs" / "train.jsonl").read_text().splitlines()]
         steps = [r for r in recs if "loss" in r][1:]  # the first step includes compilation
         tok_s = sum(r["tokens_per_s"] for r in steps) / len(steps)
-        mfu = sum(r["mfu"] for r in steps) / len(steps)
+        flops_s = sum(r["flops_per_s"] for r in steps) / len(steps)  # "mfu" is null where above the peak
+        mfu = flops_s / peak
         shards = ShardSet.open(str(out))
         plan = BatchPlan(0, f"b{L}", shards.manifest.sha256, shards.manifest.n_sequences, 1)
         n = min(64, shards.manifest.n_sequences * 4)

@@ -35,7 +35,10 @@ class ModelConfig:
     remat: Literal["none", "full", "dots"] = "none"  # activation checkpointing per layer
     scan_layers: bool = False  # nn.scan over layers (faster compiles; params stacked)
     attention_impl: Literal["ring", "allgather"] = "ring"  # allgather: K/V gathered (small rings)
-    attention_block: int = 512  # query/key tile of blockwise attention (fitted to divide L/sp)
+    attention_block: int = 512  # query/key tile of the XLA blockwise path (fitted to divide L/sp)
+    # Per-hop attention kernel: "xla" = the blockwise XLA path (the reference); "pallas" = the fused
+    # flash kernel (Triton on GPU, interpret mode on CPU: slow, for tests); "auto" = pallas on GPU, else xla.
+    attention_kernel: Literal["auto", "xla", "pallas"] = "auto"
     loss_chunk: int = 1024  # positions per chunk of the output heads (never full [L, V] logits)
 
     def __post_init__(self) -> None:

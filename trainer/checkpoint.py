@@ -11,6 +11,12 @@ stage, the reader's position (the next step: batches are a pure function of it),
 key, the config, the code version and the lineage: every stage's manifest (path, sha256,
 tokenizer and VQGAN ids) that the weights were trained on, inherited along ``init_from``.
 
+Step checkpoints are saved asynchronously: the training loop waits only while orbax copies the
+arrays to host memory; TensorStore writes them on a background thread. :meth:`StageCheckpoints.check`
+(called every step, never waiting on a save in progress) turns a failed background write into
+one :class:`CheckpointError` line naming the checkpoint's path, at once, instead of at the next
+save (orbax's own tracebacks for it, one per thread, are kept off the console).
+
 Restoring takes an abstract tree (shapes, dtypes and shardings of the *current* mesh), so a
 checkpoint written on one mesh restores onto another: the sequence axis grows per stage.
 """
@@ -18,8 +24,11 @@ checkpoint written on one mesh restores onto another: the sequence axis grows pe
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,43 @@ import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("params", "opt_state", "meta")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written: one line with its path and the first line of the cause."""
+
+
+def _failed(path: str, err: BaseException) -> CheckpointError:
+    cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return CheckpointError(f"checkpoint save to {path} failed: {cause[:400]}")
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """When a background write fails, orbax closes its event loop while other TensorStore writes
+    are in flight; each of their completion callbacks then reports "Event loop is closed" as an
+    unraisable exception (one traceback per array). They echo the failure that :meth:`check`
+    reports; every other unraisable exception still goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_lwmkit_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._lwmkit_quiet = True
+    sys.unraisablehook = hook
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+    """Orbax logs a failed background write once per thread, each with its traceback (~440
+    lines for one full disk); the run reports it as one CheckpointError line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+_QUIET = _NoOrbaxTracebacks()
 
 
 @functools.cache
@@ -82,6 +128,10 @@ class StageCheckpoints:
         self.dir = f"{absolute(root).rstrip('/')}/{stage}"
         self.steps = _manager(f"{self.dir}/steps", keep, async_save)
         self.final = _manager(f"{self.dir}/final", 1, False)
+        self.pending: str | None = None  # the step checkpoint being written in the background
+        self.blocked_seconds = 0.0  # how long the last save() held the training loop
+        logging.getLogger("absl").addFilter(_QUIET)  # a Filter added twice is kept once
+        _quiet_closed_loop_callbacks()
 
     def latest_step(self) -> int | None:
         return self.steps.latest_step()
@@ -90,16 +140,40 @@ class StageCheckpoints:
         return self.final.latest_step() is not None
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any], *, final: bool = False) -> None:
+        """Save ``step``; a step checkpoint returns once its arrays are on the host, a final one
+        once everything is written. Raises :class:`CheckpointError` (one line) on failure."""
+        self.check()  # a failed earlier write is reported as itself, not as this save's
         manager = self.final if final else self.steps
+        path = f"{manager.directory}/{step}"
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta),
         )
-        manager.save(step, args=args, force=True)
-        if final:
-            self.steps.wait_until_finished()
-            manager.wait_until_finished()
+        t0 = time.perf_counter()
+        try:
+            manager.save(step, args=args, force=True)
+            if final:
+                self.steps.wait_until_finished()
+                manager.wait_until_finished()
+        except Exception as err:
+            raise _failed(path, err) from None
+        self.blocked_seconds = time.perf_counter() - t0
+        self.pending = None if final else path
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointError` now if the background save failed; never waits for
+        one still writing."""
+        if self.pending is None:
+            return
+        try:
+            self.steps.check_for_errors()
+            if not self.steps.is_saving_in_progress():
+                self.steps.wait_until_finished()  # returns at once; re-raises a failed write
+                self.pending = None
+        except Exception as err:
+            path, self.pending = self.pending, None
+            raise _failed(path, err) from None
 
     def restore(self, abstract_params: Any, abstract_opt: Any | None, *, final: bool = False, step: int | None = None) -> Restored:
         manager = self.final if final else self.steps
@@ -116,8 +190,11 @@ class StageCheckpoints:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def wait(self) -> None:
-        self.steps.wait_until_finished()
-        self.final.wait_until_finished()
+        try:
+            self.steps.wait_until_finished()
+            self.final.wait_until_finished()
+        except Exception as err:
+            raise _failed(self.pending or self.dir, err) from None
 
     def close(self) -> None:
         self.steps.close()

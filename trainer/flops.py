@@ -84,6 +84,52 @@ def step_flops(config: ModelConfig, seq_len: int, batch_size: int, *, training: 
     )
 
 
+# Vendor dense peaks (no structured sparsity), FLOP/s per device, by compute dtype; matched in
+# order on jax's ``device_kind`` (so "H100 PCIe" before "H100", "L40S" before "L4"). fp32 on
+# NVIDIA is the non-tensor-core figure: XLA's default fp32 matmul there measured as such on an
+# H200 (68 TFLOP/s, issue 21). TPUs publish bf16 only (fp32 is then measured).
+VENDOR_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 NVL", {"bfloat16": 835e12, "float32": 60e12}),
+    ("H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 67e12}),  # SXM
+    ("H200", {"bfloat16": 989e12, "float32": 67e12}),  # also GH200
+    ("A100", {"bfloat16": 312e12, "float32": 19.5e12}),
+    ("L40S", {"bfloat16": 362e12, "float32": 91.6e12}),
+    ("L4", {"bfloat16": 121e12, "float32": 30.3e12}),
+    ("TPU v4", {"bfloat16": 275e12}),
+    ("TPU v5 lite", {"bfloat16": 197e12}),
+    ("TPU v5e", {"bfloat16": 197e12}),
+    ("TPU v5", {"bfloat16": 459e12}),  # v5p reports "TPU v5"
+    ("TPU v6 lite", {"bfloat16": 918e12}),
+    ("TPU v6e", {"bfloat16": 918e12}),
+)
+
+
+def vendor_peak(device_kind: str, dtype: str) -> float | None:
+    """The table's dense peak for ``dtype`` ("bfloat16"/"float32") on ``device_kind``, or None."""
+    for name, peaks in VENDOR_PEAKS:
+        if name.lower() in device_kind.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def choose_peak(device_kind: str, dtype: str, measured: float | None) -> tuple[float, str]:
+    """Peak FLOP/s per device for MFU, and a phrase saying where it came from.
+
+    The larger of the vendor figure and a matmul measured in this run in the same dtype: the
+    table is the honest denominator, but a run that beats it proves the table wrong for this
+    part (another SKU, clocks), so the measured figure wins and MFU can never pass 100% on it.
+    """
+    table = vendor_peak(device_kind, dtype)
+    if table is None and measured is None:
+        raise ValueError(f"no vendor peak for {device_kind!r} ({dtype}) and nothing measured")
+    if measured is None or (table is not None and table >= measured):
+        seen = f"; measured {measured / 1e12:.1f}T" if measured is not None else ""
+        return float(table), f"vendor dense {dtype} peak of {device_kind}{seen}"
+    why = "above the vendor table" if table is not None else "no vendor figure"
+    return float(measured), f"measured {dtype} matmul on {device_kind} ({why})"
+
+
 def mfu(flops: float, seconds: float, n_devices: int, peak_flops_per_device: float) -> float:
     """Model FLOPs utilisation: achieved FLOP/s over ``n_devices * peak``."""
     if seconds <= 0 or peak_flops_per_device <= 0:

@@ -3,9 +3,11 @@
 MFU convention (stated on the first line of every run): model FLOPs per step (forward +
 backward = 3x forward, attention included, no rematerialisation counted; from
 :mod:`lwmkit.trainer.flops`) divided by (step time x devices x peak FLOP/s per device).
-The peak is configured (``peak_flops``) or measured at start with a large fp32 matmul; on
-CPU, emulated devices share the host's cores, so the measured host figure is divided among
-them.
+The peak is the one of the model's compute dtype (bf16 on accelerators, not fp32: an fp32
+peak under a bf16 model printed "MFU 272.6%" on an H200): configured (``peak_flops``), or the
+larger of the vendor dense peak and a matmul measured at start; on CPU, measured, and divided
+among the emulated devices that share the host's cores. An MFU above 100% means the peak is
+wrong; it is never printed as a number (the line says "MFU n/a" and why, the JSONL has null).
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ import time
 from typing import Any
 
 from lwmkit.runtime.progress import step as console_step
+from lwmkit.runtime.progress import warn
 
 
-def measure_peak_flops(n: int = 2048, repeats: int = 3) -> tuple[float, str]:
-    """FLOP/s per device of a jitted fp32 matmul on this process's first device."""
+def measure_matmul(dtype: str = "float32", n: int | None = None, repeats: int = 3) -> float:
+    """FLOP/s of a jitted ``n x n`` matmul in ``dtype`` on this process's first device (best of runs).
+
+    On CPU the emulated devices share the host's cores: the host figure is divided among them.
+    """
     import jax
     import jax.numpy as jnp
 
     device = jax.local_devices()[0]
-    a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
+    cpu = device.platform == "cpu"
+    n = n or (2048 if cpu and dtype == "float32" else 1024 if cpu else 8192)
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = math.inf
@@ -33,10 +41,24 @@ def measure_peak_flops(n: int = 2048, repeats: int = 3) -> tuple[float, str]:
         t0 = time.perf_counter()
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t0)
-    flops = 2 * n**3 / best
-    if device.platform == "cpu":  # emulated devices share the host: split its measured peak
-        return flops / jax.local_device_count(), f"measured, host fp32 matmul / {jax.local_device_count()} CPU devices"
-    return flops, f"measured, fp32 matmul on {device.device_kind}"
+    return 2 * n**3 / best / (jax.local_device_count() if cpu else 1)
+
+
+def measure_peak_flops(dtype: str = "float32") -> tuple[float, str]:
+    """Peak FLOP/s per device in the model's compute ``dtype``, and where it came from.
+
+    Accelerators: the larger of the vendor dense peak (:data:`~lwmkit.trainer.flops.VENDOR_PEAKS`)
+    and a matmul measured now (see :func:`~lwmkit.trainer.flops.choose_peak`). CPU: measured.
+    """
+    import jax
+
+    from lwmkit.trainer.flops import choose_peak
+
+    device = jax.local_devices()[0]
+    measured = measure_matmul(dtype)
+    if device.platform == "cpu":
+        return measured, f"measured, host {dtype} matmul / {jax.local_device_count()} CPU devices"
+    return choose_peak(device.device_kind, dtype, measured)
 
 
 def _si(x: float) -> str:
@@ -56,14 +78,19 @@ class TrainLogger:
         self.log_dir = log_dir
         self.peak_flops = peak_flops
         self.n_devices = n_devices
+        self.peak_source = peak_source
         self.is_main = is_main
+        self._warned = False
         self._tb = None
         self._jsonl = None
         if is_main:
             os.makedirs(log_dir, exist_ok=True)
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # e.g. a bare accelerator image: the JSONL log is the record
+                warn("tensorboardX is not installed: no TensorBoard events (train.jsonl is still written)")
+            else:
+                self._tb = SummaryWriter(log_dir=os.path.join(log_dir, "tensorboard"))
             self._jsonl = open(os.path.join(log_dir, "train.jsonl"), "a", encoding="utf-8")
         console_step(
             f"MFU = model FLOPs (fwd+bwd, attention included) / (step time x {n_devices} devices x "
@@ -87,7 +114,13 @@ class TrainLogger:
         """Log one step (or the mean over the steps since the last log); returns the record."""
         tok_s = tokens / seconds if seconds > 0 else 0.0
         achieved = flops / seconds if seconds > 0 else 0.0
-        mfu = achieved / (self.n_devices * self.peak_flops)
+        mfu: float | None = achieved / (self.n_devices * self.peak_flops)
+        if mfu > 1.0:  # not a utilisation: the peak (or the FLOP count) is wrong
+            if not self._warned:
+                self.event(f"achieved {_si(achieved / self.n_devices)}FLOP/s per device exceeds the peak "
+                           f"{_si(self.peak_flops)}FLOP/s ({self.peak_source}): MFU not reported; set peak_flops")
+                self._warned = True
+            mfu = None
         rec = {
             "time": time.time(), "stage": stage, "step": step, "global_step": global_step, "lr": lr,
             **{k: float(v) for k, v in metrics.items()},
@@ -100,12 +133,13 @@ class TrainLogger:
             parts[0] += f" ({', '.join(per_mod)})"
         if "grad_norm" in rec:
             parts.append(f"gnorm {rec['grad_norm']:.3f}")
-        parts += [f"lr {lr:.2e}", f"{_si(tok_s)} tok/s", f"{_si(achieved)}FLOP/s", f"MFU {100 * mfu:.1f}%",
+        parts += [f"lr {lr:.2e}", f"{_si(tok_s)} tok/s", f"{_si(achieved)}FLOP/s",
+                  f"MFU {100 * mfu:.1f}%" if mfu is not None else "MFU n/a (above peak)",
                   f"data {100 * rec['data_wait']:.0f}%"]
         console_step(f"{stage} step {step}/{steps} | " + " | ".join(parts))
         if self.is_main:
             for k, v in rec.items():
-                if isinstance(v, float) and k != "time":
+                if self._tb is not None and isinstance(v, float) and k != "time":
                     self._tb.add_scalar(f"{stage}/{k}" if k != "loss" else "loss", v, global_step)
             self._jsonl.write(json.dumps(rec, sort_keys=True) + "\n")
             self._jsonl.flush()

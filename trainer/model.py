@@ -1,7 +1,7 @@
 """The LWM network (Flax linen): a LLaMA-style decoder with LWM's vision embedding and head.
 
 Math only: where each array lives is ``trainer/mesh.py``'s business, the attention kernel is
-``trainer/ring_attention.py`` (passed in as ``attention``), the loss is ``trainer/loss.py``.
+``trainer/ring_attention.py`` or the fused ``trainer/flash_ring.py`` (passed in as ``attention``), the loss is ``trainer/loss.py``.
 
 Parameter tree (EasyLM/LWM naming, so LLaMA-2 and LWM checkpoints convert by renaming only;
 kernels are ``[in, out]`` as in Flax, i.e. the transpose of PyTorch's ``weight``)::
@@ -45,8 +45,9 @@ from jax import lax
 from jax.sharding import Mesh
 
 from lwmkit.schemas.training import ModelConfig
+from lwmkit.trainer.flash_ring import attention_for
 from lwmkit.trainer.mesh import activation_constraint
-from lwmkit.trainer.ring_attention import ring_attention, tile_mask
+from lwmkit.trainer.ring_attention import tile_mask
 
 F32 = jnp.float32
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -278,7 +279,7 @@ class LWMModel(nn.Module):
 
     config: ModelConfig
     rope_theta: float = 10000.0
-    attention: AttentionFn | None = None  # None = single-device blockwise attention
+    attention: AttentionFn | None = None  # None = single-device attention (config.attention_kernel)
     constrain: Constrain = _no_constraint
     kv_cache: str = "none"  # "none" | "prefill" | "step" (decoding only)
 
@@ -286,8 +287,7 @@ class LWMModel(nn.Module):
         c = self.config
         if self.kv_cache not in KV_CACHE_MODES:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {self.kv_cache!r}")
-        attention = self.attention or partial(
-            ring_attention, mesh=None, causal=True, block_q=c.attention_block, block_k=c.attention_block)
+        attention = self.attention or attention_for(c, None)
         self.transformer = Transformer(c, attention, self.rope_theta, self.constrain, self.kv_cache)
         self.lm_head = _dense(c, c.text_vocab_size, "lm_head")
         if c.vision_vocab_size:
@@ -342,7 +342,6 @@ def unstack_layers(params: dict[str, Any], n_layers: int) -> dict[str, Any]:
 
 
 def build_model(config: ModelConfig, rope_theta: float, mesh: Mesh | None) -> LWMModel:
-    """The model wired to ring attention over ``mesh``'s ``sp`` axis (blockwise if None)."""
-    attention = partial(ring_attention, mesh=mesh, causal=True, axis_name="sp", impl=config.attention_impl,
-                        block_q=config.attention_block, block_k=config.attention_block)
-    return LWMModel(config, rope_theta, attention, activation_constraint(mesh))
+    """The model wired to ring attention over ``mesh``'s ``sp`` axis (one device if None), each
+    hop running ``config.attention_kernel`` (see :func:`~lwmkit.trainer.flash_ring.attention_for`)."""
+    return LWMModel(config, rope_theta, attention_for(config, mesh), activation_constraint(mesh))

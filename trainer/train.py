@@ -107,6 +107,7 @@ def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger:
             window["data"] += time.perf_counter() - t0
             lr = float(schedule(step))  # the optimizer's count equals the stage step
             params, opt_state, metrics = step_fn.fn(params, opt_state, batch)
+            ckpts.check()  # a background save that failed stops the run now, naming its path
             window["steps"] += 1
             window["metrics"].append(metrics)
             done = step + 1
@@ -114,6 +115,9 @@ def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger:
                 result.losses += _log(logger, plan, window, done, global_step + done, flops, lr)
             if done % ck.every_steps == 0 and done < plan.steps:
                 ckpts.save(done, params, opt_state, _meta(cfg, plan, start, done, global_step + done))
+                logger.event(f"checkpoint step {done}: the loop waited {ckpts.blocked_seconds:.2f} s (copy to host); "
+                             "written in the background", stage=plan.name, step=done,
+                             blocked_seconds=ckpts.blocked_seconds)
         ckpts.save(plan.steps, params, opt_state, _meta(cfg, plan, start, plan.steps, global_step + plan.steps), final=True)
     logger.event(f"stage '{plan.name}' done: final checkpoint {result.final_dir}", stage=plan.name)
     ckpts.close()
@@ -138,7 +142,7 @@ def _logger(cfg: TrainConfig) -> TrainLogger:
     if cfg.peak_flops is not None:
         peak, source = cfg.peak_flops, "configured"
     else:
-        peak, source = measure_peak_flops()
+        peak, source = measure_peak_flops(cfg.model.dtype)  # the compute dtype's peak, not fp32's
     log_dir = cfg.log_dir or f"{cfg.checkpoint.dir.rstrip('/')}/logs"
     return TrainLogger(log_dir, peak_flops=peak, peak_source=source, n_devices=jax.device_count(),
                        is_main=jax.process_index() == 0)

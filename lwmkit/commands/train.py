@@ -42,9 +42,16 @@ def train(
             )
             typer.echo(json.dumps(r, sort_keys=True))
         return
+    from lwmkit.runtime.progress import error
+    from lwmkit.trainer.checkpoint import CheckpointError
     from lwmkit.trainer.train import train as run
 
-    for result in run(cfg):
+    try:
+        results = run(cfg)
+    except CheckpointError as err:  # one line naming the checkpoint, not orbax's tracebacks
+        error(str(err))
+        raise typer.Exit(1) from None
+    for result in results:
         state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
         typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")
 

@@ -188,3 +188,20 @@ def test_training_from_a_bucket_reads_the_same_batches(shards, s3_bucket, tmp_pa
     refused = _lwmkit("train", *_one_stage("s3://train-bucket/shards-512", "s3://train-bucket/ck"), check=False)
     assert refused.returncode == 2 and "field 'checkpoint.dir': must be a local path" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_background_save_stops_the_run_with_one_line(shards, tmp_path):
+    """A real write failure: files may not grow past 1 MB in the training process (EFBIG, as a
+    full disk gives ENOSPC), so the first step checkpoint (8 MB of params) fails in orbax's
+    background thread. The run stops before its next save with one line naming the path."""
+    ck = tmp_path / "ck"
+    limit = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20)); from lwmkit.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", limit, "train", *_one_stage(shards[512], ck)],
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"checkpoint save to {ck / 'k' / 'steps' / '2'} failed" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert max(_losses(_records(ck), "k")) < 4  # stopped at once, not at the next save (step 4) or the end
