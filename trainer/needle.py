@@ -215,7 +215,7 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
         beyond = "" if edge < len(report.lengths) - 1 else ", every column within it"
         ax.axvline(edge, color="black", linestyle="--", linewidth=1.5,
                    label=f"trained context {_k(report.trained_seq_len)}{beyond}")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.38), fontsize=8, frameon=False)
     per_cell = sorted({int(n) for n in trials.flat if n})
     n_label = f"{per_cell[0]} trials per cell" if len(per_cell) == 1 else "n trials per cell as marked"
     ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)}), {n_label}",
@@ -223,7 +223,7 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="digit accuracy" if digits else "exact retrieval")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
 
 
