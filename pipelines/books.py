@@ -33,7 +33,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter
+from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter, dead_letter_counts
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
@@ -269,14 +269,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = p.result
     summary = {"counters": counters(result), "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
                "prompt_version": load_prompt(o.qa_prompt).version, "chunk_tokens": o.chunk_tokens, "inputs": list(o.input),
-               "qa_cache": cache, "qa_settings": qa.generation_settings()}  # fmt: skip
+               "qa_cache": cache, "qa_settings": qa.generation_settings(),
+               "dead_letters": dead_letter_counts(o.output)}  # fmt: skip
     with FileSystems.create(FileSystems.join(o.output, "summary.json")) as f:
         f.write((json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    n = summary["counters"]
+    n, dead = summary["counters"], summary["dead_letters"]
+    by_stage = ", ".join(f"{k} {v}" for k, v in dead.items())
     step(
         f"books: {n['books_read']} books, {n['chunks']} chunks: {n['chunks_done']} done ({n['chunks_cached']} cached), "
         f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
-        f"→ {o.output} (dead letters in dead_letters.jsonl)"
+        f"→ {o.output}; {sum(dead.values())} dead letters{f' ({by_stage})' if dead else ''} in dead_letters.jsonl"
     )
     return summary
 

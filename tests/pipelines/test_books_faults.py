@@ -228,6 +228,10 @@ def test_inputs_of_every_kind_and_bad_ones_go_to_dead_letters(faulty_server, sec
         sum(d.uri.startswith(str(src / "zz-more.jsonl")) for d in letters) == 3
     )  # broken, no text, duplicate id
     assert summary["counters"]["chunks_failed"] == 0 and summary["counters"]["books_read"] == 3
+    assert summary["dead_letters"] == {"decode": 3, "match": 1, "read": 4}
+    # a re-run (replies from the cache) still reports every dead letter of the output
+    again = _job([str(src / "*"), str(tmp_path / "nothing-*.txt")], out, srv.endpoint)
+    assert again["dead_letters"] == summary["dead_letters"] and again["counters"]["qa_requests"] == 0
 
 
 def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, secret_env, tmp_path):

@@ -140,6 +140,10 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     assert kinds["audio.m4a"] == "NoFrames" and kinds["truncated.mp4"] == "TruncatedMedia"
     assert kinds["random.mp4"] == kinds["empty.mp4"] == kinds["notes.txt"] == "UnreadableMedia"
     assert kinds["stuck.mp4"] == "DecodeTimeout"
+    # the same command again: nothing left to try, but the output still holds 6 failed of 9, so
+    # it fails again and says the failures are from the earlier run
+    with pytest.raises(VisionJobFailed, match="6 of 9 inputs failed .*0 in this run, 6 by earlier runs"):
+        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode_timeout_s", "3"))
     (media / "stuck.mp4").unlink()
     # below the threshold the same run succeeds; dead letters do not change on a re-run
     before = _digest(out)
