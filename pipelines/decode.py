@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -27,6 +26,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
+from lwmkit.schemas.dead_letters import normalise_message
 from lwmkit.schemas.strict import require
 from lwmkit.tokenizers.vision_layout import sample_frames
 
@@ -53,6 +53,10 @@ class MediaTooLarge(DecodeError):
 
 class TruncatedMedia(DecodeError):
     """The decoder produced fewer frames than the file's index promised."""
+
+
+class CorruptMedia(DecodeError):
+    """The decoder failed part-way through the stream (damaged data after a good start)."""
 
 
 @dataclass(frozen=True)
@@ -288,12 +292,18 @@ def _plan_decord(path: str, cfg: DecodeConfig, start_s: float | None, end_s: flo
 def clean_message(line: str) -> str:
     """A decoder's message without what changes between runs (times, addresses, source lines),
     so that the dead letters of the same file are the same bytes on every run."""
-    line = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", line.strip())  # decord: "[04:30:05] file.cc:151: "
-    return re.sub(r" @ 0x[0-9a-f]+", "", line)[:300]  # ffmpeg: "[mov,mp4 @ 0x5564bf83d900]"
+    return normalise_message(line, limit=300)
 
 
 def _decord_message(err: Exception) -> str:
     return clean_message((str(err).strip().splitlines() or ["?"])[0])
+
+
+def _decord_reason(err: Exception) -> str:
+    """decord's reason without its nested log prefixes and check expressions: the last clause
+    ("Error sending packet"), which stays the same from run to run and build to build."""
+    text = _decord_message(err)
+    return text.rsplit(") ", 1)[-1].strip() or text
 
 
 def _decord_frames(
@@ -306,6 +316,11 @@ def _decord_frames(
     wanted = sorted(slots)
     for i in range(0, len(wanted), _CHUNK):
         chunk = wanted[i : i + _CHUNK]
-        batch = reader.get_batch(chunk).asnumpy()
+        try:
+            batch = reader.get_batch(chunk).asnumpy()
+        except Exception as err:  # DECORDError: a packet the codec refuses, after a good start
+            raise CorruptMedia(
+                f"decoding failed mid-stream near frame {chunk[0]}: {_decord_reason(err)}"
+            ) from None
         for frame_index, pixels in zip(chunk, batch, strict=True):
             yield frame_index, np.ascontiguousarray(pixels[top : top + cfg.crop, left : left + cfg.crop])

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lwmkit.schemas.dead_letters import Rejected
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.vocab import VocabLayout
 from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
@@ -188,7 +189,7 @@ def vision_example(
     and the record id, so it is the same on every run and every worker."""
     caption = row.get("caption")
     if caption is None or not str(caption).strip():
-        raise ValueError("record has no caption: nothing to pair the vision tokens with")
+        raise Rejected("record has no caption: nothing to pair the vision tokens with")
     codes = np.asarray(row["tokens"], dtype=np.int32).reshape(int(row["n_frames"]), layout.codes_per_frame)
     if source.max_frames is not None:
         codes = codes[sample_frames(codes.shape[0], source.max_frames)]

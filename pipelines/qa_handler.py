@@ -99,7 +99,7 @@ class ToRecords(beam.DoFn):
                 "qa",
                 message,
                 detail=result.raw,
-                error_class=result.error_class or "QAError",
+                error_class=result.error_class or "InternalError",
             )
             return
         self.done.inc()

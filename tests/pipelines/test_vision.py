@@ -192,3 +192,25 @@ def test_cli_and_module_entry_points(tmp_path, vision_media, vqgan_checkpoint, c
                              "--vqgan", vqgan_checkpoint, "--max-failure-ratio", "0.4"], capture_output=True, text=True)  # fmt: skip
     assert failed.returncode == 1 and "1 of 2 inputs failed" in failed.stderr
     assert len(pq.read_table(next((tmp_path / "o").glob("vision-*.parquet")))) == 1
+
+
+def test_two_fresh_runs_write_the_same_dead_letters(tmp_path, vision_media, damaged_media, vqgan_checkpoint):
+    from lwmkit.schemas.dead_letters import ERROR_CLASSES
+
+    media = tmp_path / "bad"
+    media.mkdir()
+    for name in ("truncated.mp4", "random.mp4", "audio.m4a"):
+        shutil.copy(vision_media[name], media / name)
+    shutil.copy(damaged_media["broken_packet.mp4"], media / "broken_packet.mp4")  # decord fails mid-stream
+    files = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        with pytest.raises(VisionJobFailed, match="4 of 4"):
+            run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "4"))
+        files.append((out / "dead_letters" / "vision.jsonl").read_bytes())
+    assert files[0] == files[1]
+    letters = read_dead_letters(str(tmp_path / "a" / "dead_letters" / "vision.jsonl"))
+    letters = {Path(d.uri).name: d for d in letters}
+    assert all(d.error_class in ERROR_CLASSES for d in letters.values())
+    broken = letters["broken_packet.mp4"]
+    assert broken.error_class == "CorruptMedia" and "mid-stream" in broken.message
+    assert not any(s in broken.message for s in ("/github", ".cc:", " @ 0x", "[1", "[0", "[2"))
