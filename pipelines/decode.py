@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -57,6 +58,61 @@ class TruncatedMedia(DecodeError):
 
 class CorruptMedia(DecodeError):
     """The decoder failed part-way through the stream (damaged data after a good start)."""
+
+
+# A stream is damaged, not variable-rate, when frames are missing for longer than this many
+# seconds AND this many times its typical frame interval (phones' VFR varies 2-4x, a lost
+# WebM cluster or mp4 fragment leaves seconds), or when its frames end this much before the
+# duration its header declares (a download cut short).
+HOLE_MIN_S, HOLE_FACTOR = 2.0, 25.0
+SHORT_MIN_S, SHORT_SHARE = 1.0, 0.1
+
+
+def check_continuity(starts: np.ndarray, end: float, declared: float | None) -> None:
+    """Raise when frames are missing inside the stream (CorruptMedia) or at its end (TruncatedMedia).
+
+    ``starts``: sorted frame times (s) from the stream start; ``end``: end of the last frame;
+    ``declared``: the video stream's duration in its header (None when it declares none).
+    Both decoders call this on the same timestamps, so they agree on what is damaged.
+    """
+    if len(starts) >= 3:
+        gaps = np.diff(starts)
+        worst = int(np.argmax(gaps))
+        typical = float(np.median(gaps))
+        if gaps[worst] > max(HOLE_MIN_S, HOLE_FACTOR * typical):
+            raise CorruptMedia(
+                f"frames are missing from {starts[worst]:.3f} s to {starts[worst + 1]:.3f} s "
+                f"(elsewhere they are {typical * 1000:.0f} ms apart)"
+            )
+    if declared and end < declared - max(SHORT_MIN_S, SHORT_SHARE * declared):
+        raise TruncatedMedia(
+            f"frames end at {end:.3f} s but the stream declares {declared:.3f} s: the file ends early"
+        )
+
+
+def declared_duration(path: str) -> float | None:
+    """The first video stream's duration as its header declares it (ffprobe), or None."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "stream=duration:stream_tags=DURATION", "-of", "json", path]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        stream = (json.loads(proc.stdout).get("streams") or [{}])[0]
+    except ValueError:
+        return None
+    return parse_duration(stream.get("duration"), (stream.get("tags") or {}).get("DURATION"))
+
+
+def parse_duration(seconds: str | None, tag: str | None) -> float | None:
+    """``stream.duration`` ("4.004000") or Matroska's ``DURATION`` tag ("00:00:04.004000000")."""
+    try:
+        if seconds not in (None, "", "N/A"):
+            return float(seconds) or None
+        if tag:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec) or None
+    except ValueError:
+        pass
+    return None
 
 
 @dataclass(frozen=True)
@@ -278,9 +334,9 @@ def _plan_decord(path: str, cfg: DecodeConfig, start_s: float | None, end_s: flo
     _check_size(width, height, cfg)
     t0 = float(ts[0, 0])
     starts = ts[:, 0] - t0
-    bucketed, clips = select_frames(
-        starts, cfg, start_s, end_s, video_end(starts, float(ts[-1, 1] - ts[-1, 0]))
-    )
+    end = video_end(starts, float(ts[-1, 1] - ts[-1, 0]))
+    check_continuity(starts, end, declared_duration(path))
+    bucketed, clips = select_frames(starts, cfg, start_s, end_s, end)
     del reader
     if not clips:
         raise NoFrames(f"no frames in the range [{start_s}, {end_s}) s")

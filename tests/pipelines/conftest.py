@@ -262,11 +262,17 @@ def make_damaged_media(root, sample_videos) -> dict:
     _ffmpeg("-i", str(videos / "bikes.mp4"), "-vf", "select='not(between(t,2,7))'", "-fps_mode", "passthrough",
             "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", p["holed.mp4"])  # fmt: skip
     full = str(root / ".full.webm")
-    _ffmpeg("-i", str(videos / "carphone_pristine.mp4"), "-c:v", "libvpx", "-b:v", "200k", "-threads", "1", full)
+    _ffmpeg("-i", str(videos / "carphone_pristine.mp4"), "-c:v", "libvpx", "-b:v", "200k", "-threads", "1", full)  # fmt: skip
     webm = _Path(full).read_bytes()
     _Path(p["cut.webm"]).write_bytes(webm[: len(webm) * 6 // 10])
     _Path(full).unlink()
     return p
+
+
+@pytest.fixture(scope="session")
+def break_video_packets():
+    """:func:`break_packets`, for tests that damage a clip their own way."""
+    return break_packets
 
 
 @pytest.fixture(scope="session")
