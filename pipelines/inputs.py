@@ -1,5 +1,8 @@
 """What a vision job reads: a glob of media files, or a manifest of uri + caption + clip range.
 
+Media matched by a glob or folder take their caption from a sidecar beside them, when there is
+one: ``clip.mp4`` + ``clip.txt`` (plain text) or ``clip.json`` (``{"caption": "..."}``).
+
 A manifest is CSV (with a header), JSON Lines or Parquet with the columns ``uri`` (required),
 ``caption``, ``start_s``, ``end_s`` (optional). Relative uris resolve against the manifest's
 folder. Paths may be local or any Beam filesystem (gs://, s3://, ...). A malformed manifest is
@@ -22,6 +25,7 @@ from lwmkit.schemas.records import stable_id
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 MANIFEST_COLUMNS = ("uri", "caption", "start_s", "end_s")
+SIDECAR_SUFFIXES = (".txt", ".json")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def read_inputs(spec: str) -> list[MediaInput]:
     if _is_manifest(spec):
         items = read_manifest(spec)
     else:
-        items = [MediaInput(uri) for uri in match_glob(spec)]
+        items = with_sidecar_captions(match_glob(spec))
     items = [MediaInput(_absolute(i.uri), i.caption, i.start_s, i.end_s) for i in items]
     unique = {item.key: item for item in items}
     return sorted(unique.values(), key=lambda i: i.key)
@@ -107,6 +111,54 @@ def match_glob(pattern: str) -> list[str]:
     if not paths:
         raise ContractError("matches no files", source=pattern)
     return paths
+
+
+def with_sidecar_captions(paths: list[str]) -> list[MediaInput]:
+    """Inputs for media ``paths``, each captioned by its sidecar when one lies beside it:
+    ``clip.mp4`` + ``clip.txt`` (the caption as UTF-8 text) or ``clip.json`` (``{"caption": ...}``).
+    A sidecar is never an input itself; a ``.txt``/``.json`` without media of its stem still is
+    (and is dead-lettered as unreadable media, as before)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    listed: set[str] = set()
+    for folder in sorted({posixpath.dirname(p) for p in paths}):
+        listed.update(m.path for m in FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list)
+    stems = {posixpath.splitext(p)[0] for p in paths if not p.lower().endswith(SIDECAR_SUFFIXES)}
+    stems |= {posixpath.splitext(p)[0] for p in listed if not p.lower().endswith(SIDECAR_SUFFIXES)}
+    items = []
+    for path in paths:
+        stem, ext = posixpath.splitext(path)
+        if ext.lower() in SIDECAR_SUFFIXES and stem in stems:
+            continue  # the caption of a media file beside it
+        sidecar = next((stem + e for e in SIDECAR_SUFFIXES if stem + e in listed), None)
+        items.append(
+            MediaInput(
+                path, read_sidecar(sidecar) if sidecar and ext.lower() not in SIDECAR_SUFFIXES else None
+            )
+        )
+    return items
+
+
+def read_sidecar(path: str) -> str | None:
+    """The caption in a ``.txt`` or ``.json`` sidecar (None when empty); a malformed one fails fast."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ContractError(f"caption sidecar is not UTF-8 (byte {err.start})", source=path) from None
+    if path.lower().endswith(".txt"):
+        return text.strip() or None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ContractError(f"caption sidecar is not JSON ({err})", source=path) from None
+    caption = data.get("caption") if isinstance(data, dict) else None
+    if not isinstance(caption, str):
+        raise ContractError('caption sidecar must be an object with a "caption" string', source=path)
+    return caption.strip() or None
 
 
 def _resolve(uri: str, manifest: str) -> str:
