@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter, dead_letter_counts
-from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
+from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
@@ -52,7 +52,9 @@ COUNTERS = (
     "qa_pairs",
     "qa_requests",
     "qa_retries",
+    "replaced_bytes",
 )
+PER_BOOK = "replaced_bytes."  # counters named replaced_bytes.<book id>: reported per book
 
 
 class BooksOptions(PipelineOptions):
@@ -75,6 +77,11 @@ class BooksOptions(PipelineOptions):
             default="replace",
             choices=("replace", "strict"),
             help="Bad UTF-8 bytes: replace (if rare) or reject the book.",
+        )
+        add(
+            "--encoding",
+            default="utf-8",
+            help="Encoding of .txt books: utf-8, latin-1, cp1252 (any Python codec), or auto (UTF-8, else cp1252).",
         )
         add(
             "--keep_gutenberg",
@@ -151,6 +158,7 @@ class ChunkBooks(beam.DoFn):
         self.source = source
         self.books = Metrics.counter(NAMESPACE, "books_read")
         self.chunks = Metrics.counter(NAMESPACE, "chunks")
+        self.replaced = Metrics.counter(NAMESPACE, "replaced_bytes")
 
     def setup(self) -> None:
         from lwmkit.tokenizers.text import TextTokenizer
@@ -159,13 +167,16 @@ class ChunkBooks(beam.DoFn):
 
     def process(self, book: RawBook) -> Iterator[Any]:
         try:
-            text = clean_book(book.content, self.policy)
+            text, bad = read_book(book.content, self.policy)
             chunks = chunk_text(text, self.tokenizer, self.budget)
         except BookError as err:
             yield dead_letter(book.uri, "decode", err)
             return
         self.books.inc()
         self.chunks.inc(len(chunks))
+        if bad:  # rare by policy, so one counter per damaged book stays cheap
+            self.replaced.inc(bad)
+            Metrics.counter(NAMESPACE, PER_BOOK + book.book_id).inc(bad)
         for c in chunks:
             yield {
                 "book_id": book.book_id,
@@ -201,7 +212,7 @@ def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -
 def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | None) -> None:
     """The job's graph: reads like the diagram in this module's docstring."""
     prompt = load_prompt(o.qa_prompt)
-    policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg)
+    policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg, encoding=o.encoding)
     handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size)
     books, read_dead = p | "ReadBooks" >> ReadBooks(o.input, o.id_field, o.text_field)
     chunks = books | "Chunk" >> beam.ParDo(
@@ -223,6 +234,16 @@ def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | No
             FileSystems.join(o.output, "dead_letters"), ".jsonl", num_shards=1, shard_name_template=""
         )
     )
+
+
+def _known_codec(name: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
 
 
 def _public_endpoint(url: str) -> str:
@@ -251,6 +272,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _require(o.chunk_tokens >= 16, "--chunk_tokens", f"must be >= 16, got {o.chunk_tokens}")
     _require(o.num_shards >= 1, "--num_shards", "must be >= 1")
     _require(not (o.qa_endpoint and not o.qa_model), "--qa_model", "is required with --qa_endpoint")
+    _require(
+        o.encoding == "auto" or _known_codec(o.encoding), "--encoding", f"unknown encoding {o.encoding!r}"
+    )
     cache = (
         None
         if (o.qa_cache or "").lower() == "none"
@@ -267,7 +291,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with beam.Pipeline(options=options) as p:
             build(p, o, qa, cache)
         result = p.result
-    summary = {"counters": counters(result), "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
+    counts = counters(result)
+    per_book = {k[len(PER_BOOK) :]: counts.pop(k) for k in sorted(counts) if k.startswith(PER_BOOK)}
+    summary = {"counters": counts, "replaced_bytes_per_book": per_book, "encoding": o.encoding, "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
                "prompt_version": load_prompt(o.qa_prompt).version, "chunk_tokens": o.chunk_tokens, "inputs": list(o.input),
                "qa_cache": cache, "qa_settings": qa.generation_settings(),
                "dead_letters": dead_letter_counts(o.output)}  # fmt: skip
@@ -280,6 +306,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
         f"→ {o.output}; {sum(dead.values())} dead letters{f' ({by_stage})' if dead else ''} in dead_letters.jsonl"
     )
+    if per_book:
+        step(f"books: {n['replaced_bytes']} undecodable bytes replaced with U+FFFD in {len(per_book)} book(s): "
+             + ", ".join(f"{b} {k}" for b, k in list(per_book.items())[:10]) + " (all in summary.json)")  # fmt: skip
     return summary
 
 

@@ -19,6 +19,7 @@ import pytest
 from lwmkit.pipelines.books import run
 from lwmkit.pipelines.chunking import chunk_text, clean_book
 from lwmkit.schemas.dead_letters import read_dead_letters
+from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.text import TextTokenizer
 
@@ -243,3 +244,29 @@ def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, sec
     dead = [d for d in read_dead_letters(str(tmp_path / "out" / "dead_letters.jsonl")) if d.stage == "qa"]
     assert [d.uri for d in dead] == ["b/000000"] and "after 2 request(s)" in dead[0].message
     assert summary["counters"]["qa_requests"] == 2 and summary["counters"]["qa_retries"] == 1
+
+
+def test_encodings_are_chosen_and_replaced_bytes_counted_per_book(
+    faulty_server, secret_env, botchan, tmp_path
+):
+    srv = faulty_server()
+    src = tmp_path / "in"
+    src.mkdir()
+    text = botchan[5000:9000]
+    (src / "western.txt").write_bytes(("Café au lait, résumé, naïve façade. " + text).encode("cp1252"))
+    damaged = bytearray(text.encode("utf-8"))
+    damaged[100:102] = b"\xff\xfe"  # two bad bytes in 4000: below the 0.1 % threshold
+    (src / "damaged.txt").write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    summary = _job([str(src / "*.txt")], out, srv.endpoint)  # default utf-8: the cp1252 book is refused
+    assert summary["replaced_bytes_per_book"] == {"damaged": 2} and summary["counters"]["replaced_bytes"] == 2
+    letters = read_dead_letters(str(out / "dead_letters.jsonl"))
+    assert [(Path(d.uri).name, d.error_class) for d in letters] == [("western.txt", "BookError")]
+    assert "try --encoding" in letters[0].message
+    for encoding in ("cp1252", "auto"):
+        again = _job([str(src / "western.txt")], tmp_path / encoding, srv.endpoint, f"--encoding={encoding}")
+        assert again["counters"]["books_read"] == 1 and again["replaced_bytes_per_book"] == {}
+        first = min(_records(tmp_path / encoding), key=lambda r: r["chunk_index"])
+        assert first["text"].startswith("Café au lait, résumé, naïve façade.")
+    with pytest.raises(ContractError, match="--encoding.*unknown encoding"):
+        _job([str(src / "western.txt")], tmp_path / "x", srv.endpoint, "--encoding=klingon")
