@@ -37,6 +37,7 @@ from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_l
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
+from lwmkit.pipelines.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
 from lwmkit.progress import step
@@ -139,6 +140,10 @@ class BooksOptions(PipelineOptions):
             help="How to ask for JSON replies.",
         )
         add("--qa_backoff", type=float, default=0.5, help="Base of the exponential retry backoff, seconds.")
+        add("--qa_min_grounding", type=float, default=GradeConfig.min_grounding,
+            help="QA gate: least share of an answer's content words found in its chunk.")  # fmt: skip
+        add("--qa_regrades", type=int, default=GradeConfig.regrades,
+            help="QA gate: new replies (other seeds) for a chunk whose pairs all fail, before it is dead-lettered.")  # fmt: skip
         add(
             "--qa_server_model",
             default=None,
@@ -213,7 +218,7 @@ def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | No
     """The job's graph: reads like the diagram in this module's docstring."""
     prompt = load_prompt(o.qa_prompt)
     policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg, encoding=o.encoding)
-    handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size)
+    handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size, _grade_config(o))
     books, read_dead = p | "ReadBooks" >> ReadBooks(o.input, o.id_field, o.text_field)
     chunks = books | "Chunk" >> beam.ParDo(
         ChunkBooks(o.tokenizer, o.chunk_tokens, policy, o.source)
@@ -246,6 +251,13 @@ def _known_codec(name: str) -> bool:
     return True
 
 
+def _grade_config(o: BooksOptions) -> GradeConfig:
+    try:
+        return GradeConfig(min_grounding=o.qa_min_grounding, regrades=o.qa_regrades)
+    except ValueError as err:
+        raise ContractError(str(err), source="books options") from None
+
+
 def _public_endpoint(url: str) -> str:
     """The URL without user info or query (either could carry a credential)."""
     parts = urlsplit(url)
@@ -275,6 +287,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _require(
         o.encoding == "auto" or _known_codec(o.encoding), "--encoding", f"unknown encoding {o.encoding!r}"
     )
+    _grade_config(o)
     cache = (
         None
         if (o.qa_cache or "").lower() == "none"
@@ -296,7 +309,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = {"counters": counts, "replaced_bytes_per_book": per_book, "encoding": o.encoding, "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
                "prompt_version": load_prompt(o.qa_prompt).version, "chunk_tokens": o.chunk_tokens, "inputs": list(o.input),
                "qa_cache": cache, "qa_settings": qa.generation_settings(),
-               "dead_letters": dead_letter_counts(o.output)}  # fmt: skip
+               "dead_letters": dead_letter_counts(o.output), "qa_grade": grade_summary(counts)}  # fmt: skip
     with FileSystems.create(FileSystems.join(o.output, "summary.json")) as f:
         f.write((json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     n, dead = summary["counters"], summary["dead_letters"]
@@ -306,6 +319,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
         f"→ {o.output}; {sum(dead.values())} dead letters{f' ({by_stage})' if dead else ''} in dead_letters.jsonl"
     )
+    step(f"books: {summary_line(summary['qa_grade'])}")
     if per_book:
         step(f"books: {n['replaced_bytes']} undecodable bytes replaced with U+FFFD in {len(per_book)} book(s): "
              + ", ".join(f"{b} {k}" for b, k in list(per_book.items())[:10]) + " (all in summary.json)")  # fmt: skip

@@ -18,6 +18,7 @@ import pytest
 
 from lwmkit.pipelines.books import run
 from lwmkit.pipelines.chunking import chunk_text, clean_book
+from lwmkit.pipelines.qa_grade import content_words
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
@@ -61,6 +62,18 @@ class FaultyChatServer(ThreadingHTTPServer):
             return fault
 
 
+INVENTED, HOLLOW = "INVENTEDFACTS", "HOLLOWREPLY"
+
+
+def _pairs(passage: str) -> list[dict[str, str]]:
+    """Grounded pairs: 'What comes after X?' -> the next long word of the passage."""
+    passage = passage.split('"""')[1] if passage.count('"""') >= 2 else passage  # the prompt's passage
+    words = [w.strip(".,;:!?'\"") for w in passage.split()]
+    words = [w for w in words if w.isalpha() and content_words(w) and w.lower() not in ("comes", "after")]
+    pairs = [(a, b) for a, b in zip(words, words[1:], strict=False) if a.lower() != b.lower()][:3]
+    return [{"question": f"What comes after {a}?", "answer": b} for a, b in pairs]
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: FaultyChatServer
 
@@ -92,12 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"{}")
         if fault == "malformed":  # echoes the key: the client must scrub it from dead letters
             return self._send(200, f"<html>proxy error for Bearer {SECRET}".encode())
-        words = [w for w in passage.split() if w.isalpha()][:3] or ["book"]
         content = (
             f"I cannot answer that (key {SECRET})."
             if fault == "unparsable"
-            else json.dumps({"qa": [{"question": f"What word comes after {w}?", "answer": w} for w in words]})
+            else json.dumps({"qa": _pairs(passage)})
         )
+        if INVENTED in passage:  # fluent, and not in the passage: the QA gate must drop it
+            content = json.dumps(
+                {"qa": [{"question": "Who killed Lucius Marcellus?", "answer": "The Roman Emperor Titus."}]}
+            )
+        elif HOLLOW in passage:  # JSON whose pairs clean to nothing: no answer, never cached
+            content = '{"qa": [{"question": "What happened?", "answer": "} {"}]}'
+
         reply = {
             "object": "chat.completion",
             "choices": [
@@ -270,3 +289,38 @@ def test_encodings_are_chosen_and_replaced_bytes_counted_per_book(
         assert first["text"].startswith("Café au lait, résumé, naïve façade.")
     with pytest.raises(ContractError, match="--encoding.*unknown encoding"):
         _job([str(src / "western.txt")], tmp_path / "x", srv.endpoint, "--encoding=klingon")
+
+
+def test_the_qa_gate_keeps_grounded_pairs_and_dead_letters_the_rest(
+    faulty_server, secret_env, botchan, tmp_path
+):
+    srv = faulty_server()
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.txt").write_text(botchan[6000:6400], encoding="utf-8")
+    (src / "invented.txt").write_text(
+        f"The {INVENTED} were told here. " + botchan[7000:7200], encoding="utf-8"
+    )
+    (src / "hollow.txt").write_text(f"A {HOLLOW} came back. " + botchan[8000:8200], encoding="utf-8")
+    out = tmp_path / "out"
+    summary = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2")
+    rows = _records(out)
+    assert {r["book_id"] for r in rows} == {"good"}
+    pairs = [p for r in rows for p in r["qa"]]
+    assert pairs and all(p["grounding"] == 1.0 for p in pairs)  # the score travels with each kept pair
+    letters = {d.uri.split("/")[0]: d for d in read_dead_letters(str(out / "dead_letters.jsonl"))}
+    invented, hollow = letters["invented"], letters["hollow"]
+    assert (
+        invented.error_class == "Ungrounded"
+        and "failed the quality gate in 3 replies (3 ungrounded)" in invented.message
+    )
+    assert "Titus" in (invented.detail or "")
+    assert hollow.error_class == "ParseError" and "after 2 request(s)" in hollow.message
+    grade = summary["qa_grade"]
+    assert grade["dropped"]["ungrounded"] == 3 and grade["regrades"] == 2 and grade["chunks_ungrounded"] == 1
+    assert grade["pairs_kept"] == len(pairs) and grade["pairs_graded"] == len(pairs) + 3
+    # re-run: answered chunks (the ungrounded replies too) come from the cache; the hollow reply
+    # was never cached, so only its chunk is asked again
+    before = srv.requests
+    again = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2")
+    assert srv.requests - before == 2 and again["qa_grade"] == grade
