@@ -64,8 +64,9 @@ class Example:
         """Loss-bearing positions once packed: targets 1..n-1 (token 0 is never a target)."""
         return int(np.count_nonzero(self.loss[1:]))
 
-    def piece(self, start: int, end: int, suffix: str) -> Example:
-        """Tokens ``[start, end)`` as an example of their own (a truncation or a split piece)."""
+    def piece(self, start: int, end: int, suffix: str, *, truncated: bool = True) -> Example:
+        """Tokens ``[start, end)`` as an example of their own: a truncation (the rest is lost,
+        ``truncated``) or one piece of a split (nothing is lost: ``truncated=False``)."""
         return replace(
             self,
             example_id=self.example_id + suffix,
@@ -75,7 +76,7 @@ class Example:
             n_frames=int(
                 np.count_nonzero(np.isin(self.ids[start:end][self.vision[start:end]], _END_MARKERS))
             ),
-            truncated=True,
+            truncated=truncated,
         )
 
 

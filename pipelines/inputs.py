@@ -81,14 +81,23 @@ def _is_manifest(spec: str) -> bool:
 
 
 def read_inputs(spec: str) -> list[MediaInput]:
-    """Inputs from a glob, a folder, or a manifest file; sorted and de-duplicated."""
-    if _is_manifest(spec):
-        items = read_manifest(spec)
-    else:
-        items = with_sidecar_captions(match_glob(spec))
+    """Inputs from a glob, a folder, or a manifest file, or several of them comma-separated
+    (as pack's source paths); sorted and de-duplicated."""
+    items = []
+    for part in split_specs(spec):
+        items += read_manifest(part) if _is_manifest(part) else with_sidecar_captions(match_glob(part))
     items = [MediaInput(_absolute(i.uri), i.caption, i.start_s, i.end_s) for i in items]
     unique = {item.key: item for item in items}
     return sorted(unique.values(), key=lambda i: i.key)
+
+
+def split_specs(spec: str) -> list[str]:
+    """``a/*.mp4,b/`` -> ``["a/*.mp4", "b/"]``; a path that exists as written is never split."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if "," not in spec or FileSystems.exists(spec if "://" in spec else os.path.abspath(spec)):
+        return [spec]
+    return [p.strip() for p in spec.split(",") if p.strip()]
 
 
 def match_glob(pattern: str) -> list[str]:

@@ -136,11 +136,11 @@ def execute(job: Any, options: Any, build: Callable[..., None]) -> VisionSummary
          f"dead-lettered in this run; output holds {summary.records} records, {summary.frames} frames "
          f"in {len(summary.shards)} shards from {summary.total - summary.dead_total} of {summary.total} inputs; "
          f"{summary.dead_total} dead-lettered ({summary.dead_earlier} by earlier runs) -> {summary.dead_letters}")  # fmt: skip
-    if job.preview:
-        from lwmkit.pipelines.preview import write_preview
+    if job.preview and summary.records:
+        from lwmkit.pipelines.preview import update_preview
 
-        png = write_preview(job.output, job.preview, checkpoint=job.vqgan)
-        step(f"vision: preview of {job.preview} records -> {png}")
+        png, shown, rebuilt = update_preview(job.output, job.preview, checkpoint=job.vqgan)
+        step(f"vision: preview of {shown} records -> {png}{'' if rebuilt else ' (unchanged, not rebuilt)'}")
     if summary.failure_ratio > job.max_failure_ratio:
         raise VisionJobFailed(f"{summary.dead_total} of {summary.total} inputs failed ({summary.failure_ratio:.0%} > "
                               f"max_failure_ratio {job.max_failure_ratio:.0%}; {summary.failed} in this run, "

@@ -324,3 +324,27 @@ def test_the_qa_gate_keeps_grounded_pairs_and_dead_letters_the_rest(
     before = srv.requests
     again = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2")
     assert srv.requests - before == 2 and again["qa_grade"] == grade
+
+
+def test_beams_polyfit_warnings_are_silenced_in_qa_workers(faulty_server, secret_env):
+    """BatchElements' timing fits warn on every batch of a re-run from the cache (issue 22);
+    the QA handler's workers drop exactly that warning, from exactly that module."""
+    import warnings
+
+    import numpy as np
+
+    from lwmkit.pipelines.qa_client import QAClientConfig
+    from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler
+    from lwmkit.pipelines.qa_prompt import load_prompt
+
+    rank_warning = getattr(np, "exceptions", np).RankWarning
+    handler = OpenAIChatQAHandler(QAClientConfig(faulty_server().endpoint, "fake-qa"), load_prompt(), None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for client in handler.load_model():
+            client.close()
+        for module in ("apache_beam.transforms.util", "lwmkit.elsewhere"):
+            warnings.warn_explicit(
+                "Polyfit may be poorly conditioned", rank_warning, "util.py", 645, module=module
+            )
+    assert [w.filename for w in seen] == ["util.py"] and len(seen) == 1  # only the one from elsewhere

@@ -161,6 +161,19 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     }
 
 
+def test_preview_is_rebuilt_only_when_what_it_shows_changes(good_run, vqgan_checkpoint):
+    from lwmkit.pipelines.preview import update_preview
+
+    _, out, _ = good_run
+    png, shown, rebuilt = update_preview(str(out), 2, checkpoint=vqgan_checkpoint, frames=1)
+    before = Path(png).read_bytes()
+    assert (shown, rebuilt) == (2, True)
+    assert update_preview(str(out), 2, checkpoint=vqgan_checkpoint, frames=1) == (png, 2, False)
+    assert Path(png).read_bytes() == before
+    # other records shown: rebuilt
+    assert update_preview(str(out), 1, checkpoint=vqgan_checkpoint, frames=1)[1:] == (1, True)
+
+
 def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
     from PIL import Image
 

@@ -133,3 +133,14 @@ def test_captions_come_from_sidecars_beside_the_media(tmp_path):
     (tmp_path / "b.json").write_text('["no object"]')
     with pytest.raises(ContractError, match=r"b.json: caption sidecar must be an object"):
         read_inputs(str(tmp_path / "*.mp4"))
+
+
+def test_inputs_take_a_comma_separated_list(tmp_path):
+    for folder, name in (("a", "x.mp4"), ("a", "y.png"), ("b", "z.mp4")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"x")
+    listed = [i.uri for i in read_inputs(f"{tmp_path / 'a' / '*.mp4'}, {tmp_path / 'b'}")]
+    assert listed == [str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "z.mp4")]
+    odd = tmp_path / "c,d.mp4"  # a file whose own name holds a comma is not split
+    odd.write_bytes(b"x")
+    assert [i.uri for i in read_inputs(str(odd))] == [str(odd)]
