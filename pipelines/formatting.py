@@ -226,14 +226,15 @@ def book_chat_examples(
     Neighbouring chunks (by ``chunk_index``) are concatenated while the chat -- their text and
     all their QA pairs as turns -- still fits ``seq_len``; each window becomes one example.
     A single chunk that alone overflows becomes an example of its own (the overlong policy
-    then applies). Chunks without QA pairs only add context.
+    then applies). Chunks without QA pairs only add context; with ``source.min_qa_grounding``
+    set, pairs scored below it (or not scored) are left out.
     """
     rows = sorted(chunks, key=lambda r: r["chunk_index"])
     head = 1 + len(tok.encode(f"{SYSTEM_PROMPT} {USER}"))
     costs = []
     for r in rows:
         doc = np.asarray(tok.encode(r["text"]), dtype=np.int32)
-        qa = [(p["question"].strip(), p["answer"].strip()) for p in r["qa"]]
+        qa = [(p["question"].strip(), p["answer"].strip()) for p in r["qa"] if _grounded_enough(p, source)]
         qa_cost = sum(len(tok.encode(f"{USER} {q} {ASSISTANT}")) + len(tok.encode(a)) + 1 for q, a in qa)
         costs.append((doc, qa, doc.size + qa_cost))
     out, window, used = [], [], head
@@ -246,6 +247,11 @@ def book_chat_examples(
     if window:
         out.append(_chat(source, window, tok))
     return out
+
+
+def _grounded_enough(pair: Mapping[str, Any], source: SourceConfig) -> bool:
+    threshold, score = source.min_qa_grounding, pair.get("grounding")
+    return threshold is None or (score is not None and score >= threshold - 1e-6)  # float32 scores
 
 
 def _chat(source: SourceConfig, window: list, tok: TextTokenizer) -> Example:
