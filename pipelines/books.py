@@ -142,6 +142,8 @@ class BooksOptions(PipelineOptions):
         add("--qa_backoff", type=float, default=0.5, help="Base of the exponential retry backoff, seconds.")
         add("--qa_min_grounding", type=float, default=GradeConfig.min_grounding,
             help="QA gate: least share of an answer's content words found in its chunk.")  # fmt: skip
+        add("--qa_min_span", type=float, default=GradeConfig.min_span,
+            help="QA gate: least share of an answer's words one verbatim run of its chunk must cover.")  # fmt: skip
         add("--qa_regrades", type=int, default=GradeConfig.regrades,
             help="QA gate: new replies (other seeds) for a chunk whose pairs all fail, before it is dead-lettered.")  # fmt: skip
         add(
@@ -253,7 +255,7 @@ def _known_codec(name: str) -> bool:
 
 def _grade_config(o: BooksOptions) -> GradeConfig:
     try:
-        return GradeConfig(min_grounding=o.qa_min_grounding, regrades=o.qa_regrades)
+        return GradeConfig(min_grounding=o.qa_min_grounding, min_span=o.qa_min_span, regrades=o.qa_regrades)
     except ValueError as err:
         raise ContractError(str(err), source="books options") from None
 

@@ -8,8 +8,10 @@ A pair is dropped, for the first reason that applies, in this order:
   words or 300 characters;
 * ``trivial``: answerable from nothing -- the answer has no content word (``Yes.``, ``He
   did.``) or all its content words are already in the question;
-* ``ungrounded``: under ``min_grounding`` of the answer's content words occur in the chunk,
-  or the question shares no content word with it (an invented answer, another story).
+* ``ungrounded``: under ``min_grounding`` of the answer's content words occur in the chunk, the
+  answer is not taken from it (its longest run of words found verbatim in the chunk covers
+  under ``min_span`` of it: the prompt asks for answers from the passage), or the question
+  shares no content word with the chunk (an invented answer, another story).
 
 A pair's **grounding** is the share of its answer's content words (lower-cased, stop words
 removed, simple suffixes stripped) found among the chunk's; it travels with the kept pair in
@@ -50,6 +52,8 @@ class GradeConfig:
 
     min_grounding: float = 0.6
     """Least share of the answer's content words that must occur in the chunk."""
+    min_span: float = 0.8
+    """Least share of the answer's words that one verbatim run of the chunk must cover."""
     regrades: int = 2
     """Extra requests (another seed, temperature >= 0.7) for a chunk whose pairs all fail."""
     min_question_words: int = 3
@@ -58,8 +62,9 @@ class GradeConfig:
     max_answer_chars: int = 300
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_grounding <= 1.0:
-            raise ValueError(f"min_grounding must lie in [0, 1], got {self.min_grounding}")
+        for name in ("min_grounding", "min_span"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.regrades < 0:
             raise ValueError(f"regrades must be >= 0, got {self.regrades}")
 
@@ -78,10 +83,37 @@ def content_words(text: str) -> set[str]:
     return out
 
 
-def grade_pair(question: str, answer: str, chunk: set[str], cfg: GradeConfig) -> tuple[str | None, float]:
-    """``(reason it is dropped or None, grounding)`` for one pair against the chunk's content words."""
+@dataclass(frozen=True)
+class ChunkIndex:
+    """What pairs are graded against: the chunk's content words and its words, normalised."""
+
+    words: frozenset[str]
+    flat: str  # " w1 w2 ... " lower-cased, punctuation dropped
+
+    @classmethod
+    def of(cls, text: str) -> ChunkIndex:
+        return cls(frozenset(content_words(text)), f" {' '.join(_flat_words(text))} ")
+
+
+def _flat_words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def span_share(answer: str, chunk: ChunkIndex) -> float:
+    """Share of the answer's words covered by its longest run found verbatim in the chunk."""
+    words, best = _flat_words(answer), 0
+    for i in range(len(words)):
+        for j in range(len(words), i + best, -1):  # longest run from i first; stop below the best
+            if f" {' '.join(words[i:j])} " in chunk.flat:
+                best = j - i
+                break
+    return best / len(words) if words else 0.0
+
+
+def grade_pair(question: str, answer: str, chunk: ChunkIndex, cfg: GradeConfig) -> tuple[str | None, float]:
+    """``(reason it is dropped or None, grounding)`` for one pair against its chunk."""
     a_words, q_words = content_words(answer), content_words(question)
-    grounding = round(len(a_words & chunk) / len(a_words), 3) if a_words else 0.0
+    grounding = round(len(a_words & chunk.words) / len(a_words), 3) if a_words else 0.0
     if _DEBRIS.search(question) or _DEBRIS.search(answer):
         return "debris", grounding
     n_q, n_a = len(question.split()), len(answer.split())
@@ -91,7 +123,9 @@ def grade_pair(question: str, answer: str, chunk: set[str], cfg: GradeConfig) ->
         return "length", grounding
     if not a_words or a_words <= q_words:
         return "trivial", grounding
-    if grounding < cfg.min_grounding or (q_words and not q_words & chunk):
+    if grounding < cfg.min_grounding or (q_words and not q_words & chunk.words):
+        return "ungrounded", grounding
+    if span_share(answer, chunk) < cfg.min_span:
         return "ungrounded", grounding
     return None, grounding
 
@@ -112,7 +146,7 @@ class Graded:
 
     def add(self, pairs: Sequence[Mapping[str, str]], chunk_text: str, cfg: GradeConfig) -> None:
         """Grade one reply's ``pairs``; its kept pairs replace any earlier (there are none then)."""
-        chunk = content_words(chunk_text)
+        chunk = ChunkIndex.of(chunk_text)
         self.attempts += 1
         kept = []
         for p in pairs:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from lwmkit.pipelines.qa_grade import GradeConfig, Graded, content_words, grade_pair, grade_summary
+from lwmkit.pipelines.qa_grade import (
+    ChunkIndex,
+    GradeConfig,
+    Graded,
+    content_words,
+    grade_pair,
+    grade_summary,
+    span_share,
+)
 from lwmkit.pipelines.qa_prompt import ParseError, parse_qa
 
 CHUNK = (
     "Titus Andronicus returned to Rome after ten years of war against the Goths. He buried his sons in the "
     "family tomb, and his brother Marcus offered him the empire, which he refused in favour of Saturninus."
 )
-WORDS = content_words(CHUNK)
+WORDS = ChunkIndex.of(CHUNK)
 
 
 @pytest.mark.parametrize(
@@ -19,7 +27,9 @@ WORDS = content_words(CHUNK)
     [
         ("Who returned to Rome after the war?", "Titus Andronicus", None),
         ("How long did the war against the Goths last?", "Ten years.", None),
-        ("Who was offered the empire?", "Titus, by his brother Marcus.", None),
+        ("Who offered Titus the empire?", "his brother Marcus", None),
+        # words from the chunk, but not taken from it
+        ("Who was offered the empire?", "Titus, by his brother Marcus.", "ungrounded"),
         # invented: not in the chunk (the example)
         ("Who killed Lucius Marcellus?", "The Roman Emperor Titus killed him in battle.", "ungrounded"),
         # answerable from nothing: no content word, or all of them in the question
@@ -36,6 +46,15 @@ WORDS = content_words(CHUNK)
 )
 def test_pairs_are_kept_or_dropped_for_the_first_reason(question, answer, reason):
     assert grade_pair(question, answer, WORDS, GradeConfig())[0] == reason
+
+
+def test_the_answer_must_be_taken_from_the_chunk():
+    assert span_share("ten years of war", WORDS) == 1.0
+    assert span_share("Ten years of war, against the Goths!", WORDS) == 1.0  # case and punctuation aside
+    assert span_share("war of ten years", WORDS) == 0.5
+    assert (
+        grade_pair("How long was the war?", "ten years of war", WORDS, GradeConfig(min_span=1.0))[0] is None
+    )
 
 
 def test_grounding_is_the_share_of_answer_words_in_the_chunk():
@@ -69,5 +88,7 @@ def test_replies_whose_pairs_clean_to_nothing_are_no_answer():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="min_grounding"):
         GradeConfig(min_grounding=1.5)
+    with pytest.raises(ValueError, match="min_span"):
+        GradeConfig(min_span=-0.1)
     with pytest.raises(ValueError, match="regrades"):
         GradeConfig(regrades=-1)
