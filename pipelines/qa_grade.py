@@ -110,24 +110,28 @@ def span_share(answer: str, chunk: ChunkIndex) -> float:
     return best / len(words) if words else 0.0
 
 
-def grade_pair(question: str, answer: str, chunk: ChunkIndex, cfg: GradeConfig) -> tuple[str | None, float]:
-    """``(reason it is dropped or None, grounding)`` for one pair against its chunk."""
+def grade_pair(
+    question: str, answer: str, chunk: ChunkIndex, cfg: GradeConfig
+) -> tuple[str | None, float, bool]:
+    """``(reason it is dropped or None, grounding, grounded)`` for one pair against its chunk;
+    ``grounded`` is the grounding test at the default thresholds, whatever ``cfg`` says, so the
+    summary's grounded share compares across runs."""
     a_words, q_words = content_words(answer), content_words(question)
     grounding = round(len(a_words & chunk.words) / len(a_words), 3) if a_words else 0.0
+    span = span_share(answer, chunk)
+    grounded = grounding >= _DEFAULT.min_grounding and span >= _DEFAULT.min_span
     if _DEBRIS.search(question) or _DEBRIS.search(answer):
-        return "debris", grounding
+        return "debris", grounding, grounded
     n_q, n_a = len(question.split()), len(answer.split())
     if not cfg.min_question_words <= n_q <= cfg.max_question_words or n_a > cfg.max_answer_words:
-        return "length", grounding
+        return "length", grounding, grounded
     if len(answer) > cfg.max_answer_chars:
-        return "length", grounding
+        return "length", grounding, grounded
     if not a_words or a_words <= q_words:
-        return "trivial", grounding
-    if grounding < cfg.min_grounding or (q_words and not q_words & chunk.words):
-        return "ungrounded", grounding
-    if span_share(answer, chunk) < cfg.min_span:
-        return "ungrounded", grounding
-    return None, grounding
+        return "trivial", grounding, grounded
+    if grounding < cfg.min_grounding or span < cfg.min_span or (q_words and not q_words & chunk.words):
+        return "ungrounded", grounding, grounded
+    return None, grounding, grounded
 
 
 @dataclass
@@ -150,9 +154,9 @@ class Graded:
         self.attempts += 1
         kept = []
         for p in pairs:
-            reason, grounding = grade_pair(p["question"], p["answer"], chunk, cfg)
+            reason, grounding, grounded = grade_pair(p["question"], p["answer"], chunk, cfg)
             self.graded += 1
-            self.grounded += int(grounding >= cfg.min_grounding)
+            self.grounded += int(grounded)
             if reason is None:
                 kept.append({"question": p["question"], "answer": p["answer"], "grounding": grounding})
             else:
@@ -165,11 +169,7 @@ class Graded:
         return f"every QA pair failed the quality gate in {self.attempts} replies ({parts or 'no pairs'})"
 
 
-def counter_names() -> tuple[str, ...]:
-    """The Beam counters the gate adds to the books job (namespace ``lwmkit.books``)."""
-    return ("qa_graded", "qa_grounded", "qa_regrades", "chunks_ungrounded") + tuple(
-        f"qa_dropped_{r}" for r in REASONS
-    )
+_DEFAULT = GradeConfig()
 
 
 def grade_summary(counters: Mapping[str, int]) -> dict:
