@@ -94,10 +94,10 @@ def declared_duration(path: str) -> float | None:
     """The first video stream's duration as its header declares it (ffprobe), or None."""
     cmd = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
            "stream=duration:stream_tags=DURATION", "-of", "json", path]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         stream = (json.loads(proc.stdout).get("streams") or [{}])[0]
-    except ValueError:
+    except (OSError, ValueError):  # no ffprobe here, or nothing it can say: no duration check
         return None
     return parse_duration(stream.get("duration"), (stream.get("tags") or {}).get("DURATION"))
 
