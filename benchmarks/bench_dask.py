@@ -98,7 +98,7 @@ def make_inputs(root: Path, copies: int, scale: int) -> tuple[Path, Path, Path]:
         write_text_sources,
         write_vision_records,
     )
-    from lwmkit.sample_data import book_source, video_sources
+    from lwmkit.runtime.sample_data import book_source, video_sources
 
     videos, one = root / "videos", root / "one"
     videos.mkdir()

@@ -223,8 +223,8 @@ def _pack_demo(tmp: Path, seq_len: int) -> str | None:
             f"(lwmkit pack --mixture <demo mixture> --seq-len {seq_len} --out DIR) and pass --shards DIR"
         )
         return None
-    from lwmkit.pipelines.pack_demo import write_demo_mixture
-    from lwmkit.sample_data import materialise
+    from lwmkit.pack_demo import write_demo_mixture
+    from lwmkit.runtime.sample_data import materialise
 
     materialise(tmp / "samples", videos=False)
     mixture = write_demo_mixture(tmp / "demo", (tmp / "samples" / "books" / "botchan.txt").read_text())

@@ -59,6 +59,24 @@ def dead_letter(
     return beam.pvalue.TaggedOutput(DEAD, letter.to_json())
 
 
+def dead_letter_counts(output: str) -> dict[str, int]:
+    """Dead letters of the whole output (``OUTPUT/dead_letters.jsonl``) by stage, sorted; ``{}`` if none.
+
+    Read back from the file rather than from this run's counters, so the summary of a re-run
+    (whose replies came from the cache) still names every book and chunk that failed.
+    """
+    path = FileSystems.join(output, "dead_letters.jsonl")
+    if not FileSystems.exists(path):
+        return {}
+    counts: dict[str, int] = {}
+    with FileSystems.open(path) as f:
+        for i, line in enumerate(f.read().decode("utf-8").splitlines()):
+            if line.strip():
+                stage = DeadLetter.from_json(line, source=f"{path}:{i + 1}").stage
+                counts[stage] = counts.get(stage, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def book_id_from_path(path: str) -> str:
     """``/data/Botchan (1906).txt.gz`` → ``Botchan-1906``: the stem with unsafe characters folded."""
     name = path.rstrip("/").rsplit("/", 1)[-1]

@@ -33,10 +33,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lwmkit.pipelines.book_io import DEAD, JOB, NAMESPACE, RawBook, ReadBooks, dead_letter
-from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
+from lwmkit.pipelines.book_io import DEAD, JOB, NAMESPACE, RawBook, ReadBooks, dead_letter, dead_letter_counts
+from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
+from lwmkit.pipelines.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
 from lwmkit.pipelines.runner_compat import adapt
@@ -54,7 +55,9 @@ COUNTERS = (
     "qa_pairs",
     "qa_requests",
     "qa_retries",
+    "replaced_bytes",
 )
+PER_BOOK = "replaced_bytes."  # counters named replaced_bytes.<book id>: reported per book
 
 
 class BooksOptions(PipelineOptions):
@@ -77,6 +80,11 @@ class BooksOptions(PipelineOptions):
             default="replace",
             choices=("replace", "strict"),
             help="Bad UTF-8 bytes: replace (if rare) or reject the book.",
+        )
+        add(
+            "--encoding",
+            default="utf-8",
+            help="Encoding of .txt books: utf-8, latin-1, cp1252 (any Python codec), or auto (UTF-8, else cp1252).",
         )
         add(
             "--keep_gutenberg",
@@ -134,6 +142,12 @@ class BooksOptions(PipelineOptions):
             help="How to ask for JSON replies.",
         )
         add("--qa_backoff", type=float, default=0.5, help="Base of the exponential retry backoff, seconds.")
+        add("--qa_min_grounding", type=float, default=GradeConfig.min_grounding,
+            help="QA gate: least share of an answer's content words found in its chunk.")  # fmt: skip
+        add("--qa_min_span", type=float, default=GradeConfig.min_span,
+            help="QA gate: least share of an answer's words one verbatim run of its chunk must cover.")  # fmt: skip
+        add("--qa_regrades", type=int, default=GradeConfig.regrades,
+            help="QA gate: new replies (other seeds) for a chunk whose pairs all fail, before it is dead-lettered.")  # fmt: skip
         add(
             "--qa_server_model",
             default=None,
@@ -153,6 +167,7 @@ class ChunkBooks(beam.DoFn):
         self.source = source
         self.books = Metrics.counter(NAMESPACE, "books_read")
         self.chunks = Metrics.counter(NAMESPACE, "chunks")
+        self.replaced = Metrics.counter(NAMESPACE, "replaced_bytes")
 
     def setup(self) -> None:
         from lwmkit.tokenizers.text import TextTokenizer
@@ -161,13 +176,16 @@ class ChunkBooks(beam.DoFn):
 
     def process(self, book: RawBook) -> Iterator[Any]:
         try:
-            text = clean_book(book.content, self.policy)
+            text, bad = read_book(book.content, self.policy)
             chunks = chunk_text(text, self.tokenizer, self.budget)
         except BookError as err:
             yield dead_letter(book.uri, "decode", err)
             return
         self.books.inc()
         self.chunks.inc(len(chunks))
+        if bad:  # rare by policy, so one counter per damaged book stays cheap
+            self.replaced.inc(bad)
+            Metrics.counter(NAMESPACE, PER_BOOK + book.book_id).inc(bad)
         for c in chunks:
             yield {
                 "book_id": book.book_id,
@@ -203,8 +221,8 @@ def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -
 def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | None) -> None:
     """The job's graph: reads like the diagram in this module's docstring."""
     prompt = load_prompt(o.qa_prompt)
-    policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg)
-    handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size)
+    policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg, encoding=o.encoding)
+    handler = OpenAIChatQAHandler(qa, prompt, cache, o.qa_batch_size, _grade_config(o))
     books, read_dead = p | "ReadBooks" >> ReadBooks(o.input, o.id_field, o.text_field)
     chunks = books | "Chunk" >> beam.ParDo(
         ChunkBooks(o.tokenizer, o.chunk_tokens, policy, o.source)
@@ -222,6 +240,23 @@ def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | No
         | "AllDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(o.output, JOB, flat=True, keep_earlier=False)
     )
+
+
+def _known_codec(name: str) -> bool:
+    import codecs
+
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def _grade_config(o: BooksOptions) -> GradeConfig:
+    try:
+        return GradeConfig(min_grounding=o.qa_min_grounding, min_span=o.qa_min_span, regrades=o.qa_regrades)
+    except ValueError as err:
+        raise ContractError(str(err), source="books options") from None
 
 
 def _public_endpoint(url: str) -> str:
@@ -250,6 +285,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _require(o.chunk_tokens >= 16, "--chunk_tokens", f"must be >= 16, got {o.chunk_tokens}")
     _require(o.num_shards >= 1, "--num_shards", "must be >= 1")
     _require(not (o.qa_endpoint and not o.qa_model), "--qa_model", "is required with --qa_endpoint")
+    _require(
+        o.encoding == "auto" or _known_codec(o.encoding), "--encoding", f"unknown encoding {o.encoding!r}"
+    )
+    _grade_config(o)
     cache = (
         None
         if (o.qa_cache or "").lower() == "none"
@@ -266,17 +305,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with beam.Pipeline(options=options) as p:
             build(p, o, qa, cache)
         result = p.result
-    summary = {"counters": counters(result), "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
+    counts = counters(result)
+    per_book = {k[len(PER_BOOK) :]: counts.pop(k) for k in sorted(counts) if k.startswith(PER_BOOK)}
+    summary = {"counters": counts, "replaced_bytes_per_book": per_book, "encoding": o.encoding, "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),
                "prompt_version": load_prompt(o.qa_prompt).version, "chunk_tokens": o.chunk_tokens, "inputs": list(o.input),
-               "qa_cache": cache, "qa_settings": qa.generation_settings()}  # fmt: skip
+               "qa_cache": cache, "qa_settings": qa.generation_settings(),
+               "dead_letters": dead_letter_counts(o.output), "qa_grade": grade_summary(counts)}  # fmt: skip
     with FileSystems.create(FileSystems.join(o.output, "summary.json")) as f:
         f.write((json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    n = summary["counters"]
+    n, dead = summary["counters"], summary["dead_letters"]
+    by_stage = ", ".join(f"{k} {v}" for k, v in dead.items())
     step(
         f"books: {n['books_read']} books, {n['chunks']} chunks: {n['chunks_done']} done ({n['chunks_cached']} cached), "
         f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
-        f"→ {o.output} (dead letters in dead_letters.jsonl)"
+        f"→ {o.output}; {sum(dead.values())} dead letters{f' ({by_stage})' if dead else ''} in dead_letters.jsonl"
     )
+    step(f"books: {summary_line(summary['qa_grade'])}")
+    if per_book:
+        step(f"books: {n['replaced_bytes']} undecodable bytes replaced with U+FFFD in {len(per_book)} book(s): "
+             + ", ".join(f"{b} {k}" for b, k in list(per_book.items())[:10]) + " (all in summary.json)")  # fmt: skip
     return summary
 
 

@@ -2,11 +2,14 @@
 
 Policy, in order:
 
-1. **Decode** bytes as UTF-8 (a leading BOM is dropped; ``\\r\\n`` and ``\\r`` become ``\\n``).
-   Undecodable bytes are replaced with U+FFFD as long as they are rare
-   (``max_bad_bytes_fraction``); more than that, or any NUL byte, means the input is not a
-   text book and :class:`BookError` says why (the job dead-letters it). ``errors="strict"``
-   refuses any bad byte instead.
+1. **Decode** bytes as UTF-8, or the ``encoding`` named (``latin-1``, ``cp1252``, any Python
+   codec), or ``auto`` (UTF-8 when the bytes are UTF-8, else cp1252, the superset of Latin-1
+   that Western European text files use); a leading BOM is dropped, ``\\r\\n`` and ``\\r``
+   become ``\\n``. Undecodable bytes are replaced with U+FFFD as long as they are rare
+   (``max_bad_bytes_fraction``) and counted (:func:`read_book`; the job reports them per
+   book); more than that, or any NUL byte, means the input is not a text book and
+   :class:`BookError` says why (the job dead-letters it). ``errors="strict"`` refuses any bad
+   byte instead.
 2. **Strip Project Gutenberg boilerplate**: text before the ``*** START OF ... ***`` line and
    from the ``*** END OF ... ***`` line (or the older ``End of [the] Project Gutenberg``
    line) on. Books without those markers are kept whole.
@@ -19,6 +22,7 @@ Policy, in order:
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ _END = re.compile(
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _WORD = re.compile(r"\S+")
+_ESCAPED = re.compile("[\udc80-\udcff]")
 
 
 class BookError(ValueError):
@@ -54,14 +59,23 @@ class ReadPolicy:
     input) or ``"strict"`` (any bad byte rejects the book).
     strip_gutenberg: drop Project Gutenberg headers and licence footers when present.
     min_chars: a book shorter than this after cleaning is rejected as empty.
+    encoding: ``utf-8`` (default), any Python codec name (``latin-1``, ``cp1252``), or ``auto``.
     """
 
     errors: str = "replace"
     max_bad_bytes_fraction: float = 0.001
     strip_gutenberg: bool = True
     min_chars: int = 1
+    encoding: str = "utf-8"
 
     def __post_init__(self) -> None:
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(
+                    f"ReadPolicy.encoding: unknown encoding {self.encoding!r} (or 'auto')"
+                ) from None
         if self.errors not in ("replace", "strict"):
             raise ValueError(f"ReadPolicy.errors must be 'replace' or 'strict', got {self.errors!r}")
         if not 0.0 <= self.max_bad_bytes_fraction <= 1.0:
@@ -81,21 +95,41 @@ class Chunk:
 
 def decode_text(data: bytes, policy: ReadPolicy = ReadPolicy()) -> str:
     """Bytes → text with newlines normalised; raises :class:`BookError` for binary or bad input."""
+    return decode_counted(data, policy)[0]
+
+
+def decode_counted(data: bytes, policy: ReadPolicy = ReadPolicy()) -> tuple[str, int]:
+    """Like :func:`decode_text`, also returning how many bytes were undecodable (now U+FFFD)."""
     if b"\x00" in data:
         raise BookError(f"binary input: NUL byte at offset {data.index(bytes(1))}")
+    encoding = policy.encoding
+    if encoding == "auto":
+        encoding = "utf-8" if _is_utf8(data) else "cp1252"
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    codec, name = ("utf-8-sig", "UTF-8") if utf8 else (encoding, encoding)
     try:
-        text = data.decode("utf-8-sig")
+        text, bad = data.decode(codec), 0
     except UnicodeDecodeError as err:
         if policy.errors == "strict":
-            raise BookError(f"not valid UTF-8 at byte {err.start} (policy: strict)") from None
-        text = data.decode("utf-8-sig", errors="replace")
-        bad = text.count("\ufffd") - data.decode("utf-8-sig", errors="ignore").count("\ufffd")
+            raise BookError(f"not valid {name} at byte {err.start} (policy: strict)") from None
+        text = data.decode(codec, errors="replace")
+        # surrogateescape turns each undecodable byte into one lone surrogate: an exact byte count
+        bad = len(_ESCAPED.findall(data.decode(codec, errors="surrogateescape")))
         if bad > policy.max_bad_bytes_fraction * max(len(data), 1):
+            hint = " (try --encoding cp1252, latin-1 or auto)" if utf8 else ""
             raise BookError(
-                f"{bad} undecodable UTF-8 sequences in {len(data)} bytes (more than "
-                f"{policy.max_bad_bytes_fraction:.2%}): binary or not UTF-8"
+                f"{bad} undecodable bytes in {len(data)} (more than {policy.max_bad_bytes_fraction:.2%}): "
+                f"binary or not {name}{hint}"
             ) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n"), bad
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def strip_gutenberg(text: str) -> str:
@@ -111,8 +145,14 @@ def strip_gutenberg(text: str) -> str:
 
 def clean_book(data: bytes | str, policy: ReadPolicy = ReadPolicy()) -> str:
     """Decode (if bytes), strip boilerplate and surrounding whitespace; reject empty books."""
+    return read_book(data, policy)[0]
+
+
+def read_book(data: bytes | str, policy: ReadPolicy = ReadPolicy()) -> tuple[str, int]:
+    """:func:`clean_book`'s text and the number of undecodable bytes replaced on the way."""
+    bad = 0
     if isinstance(data, bytes):
-        text = decode_text(data, policy)
+        text, bad = decode_counted(data, policy)
     else:
         if NUL in data:
             raise BookError("binary input: NUL character in text")
@@ -122,7 +162,7 @@ def clean_book(data: bytes | str, policy: ReadPolicy = ReadPolicy()) -> str:
     text = text.strip()
     if len(text) < policy.min_chars:
         raise BookError(f"empty book: {len(text)} characters of text (minimum {policy.min_chars})")
-    return text
+    return text, bad
 
 
 @dataclass(frozen=True)

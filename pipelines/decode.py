@@ -26,6 +26,7 @@ from lwmkit.pipelines.decode_ffmpeg import ffmpeg_frames, plan_ffmpeg
 from lwmkit.pipelines.decode_plan import (
     DECODERS,
     ClipPlan,
+    CorruptMedia,
     DecodeConfig,
     DecodeError,
     MediaPlan,
@@ -33,8 +34,10 @@ from lwmkit.pipelines.decode_plan import (
     NoFrames,
     TruncatedMedia,
     UnreadableMedia,
+    check_continuity,
     check_size,
     clean_message,
+    declared_duration,
     resize_crop,
     scaled_size,
     select_frames,
@@ -123,9 +126,9 @@ def _plan_decord(path: str, cfg: DecodeConfig, start_s: float | None, end_s: flo
     check_size(width, height, cfg)
     t0 = float(ts[0, 0])
     starts = ts[:, 0] - t0
-    bucketed, clips = select_frames(
-        starts, cfg, start_s, end_s, video_end(starts, float(ts[-1, 1] - ts[-1, 0]))
-    )
+    end = video_end(starts, float(ts[-1, 1] - ts[-1, 0]))
+    check_continuity(starts, end, declared_duration(path))
+    bucketed, clips = select_frames(starts, cfg, start_s, end_s, end)
     del reader
     if not clips:
         raise NoFrames(f"no frames in the range [{start_s}, {end_s}) s")
@@ -138,6 +141,13 @@ def _decord_message(err: Exception) -> str:
     return clean_message((str(err).strip().splitlines() or ["?"])[0])
 
 
+def _decord_reason(err: Exception) -> str:
+    """decord's reason without its nested log prefixes and check expressions: the last clause
+    ("Error sending packet"), which stays the same from run to run and build to build."""
+    text = _decord_message(err)
+    return text.rsplit(") ", 1)[-1].strip() or text
+
+
 def _decord_frames(
     plan: MediaPlan, cfg: DecodeConfig, slots: dict[int, tuple[int, int]]
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -148,6 +158,11 @@ def _decord_frames(
     wanted = sorted(slots)
     for i in range(0, len(wanted), _CHUNK):
         chunk = wanted[i : i + _CHUNK]
-        batch = reader.get_batch(chunk).asnumpy()
+        try:
+            batch = reader.get_batch(chunk).asnumpy()
+        except Exception as err:  # DECORDError: a packet the codec refuses, after a good start
+            raise CorruptMedia(
+                f"decoding failed mid-stream near frame {chunk[0]}: {_decord_reason(err)}"
+            ) from None
         for frame_index, pixels in zip(chunk, batch, strict=True):
             yield frame_index, np.ascontiguousarray(pixels[top : top + cfg.crop, left : left + cfg.crop])

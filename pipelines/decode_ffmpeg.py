@@ -7,31 +7,41 @@ runs :func:`~lwmkit.pipelines.decode_plan.select_frames`' rule, so it scales onl
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from lwmkit.pipelines.decode_plan import (
     EPS,
+    CorruptMedia,
     DecodeConfig,
     MediaPlan,
     MediaTooLarge,
     NoFrames,
     TruncatedMedia,
     UnreadableMedia,
+    check_continuity,
     check_size,
     clean_message,
+    parse_duration,
     scaled_size,
     select_frames,
     video_end,
 )
 
+# ffmpeg's line for a packet the codec refused (decord raises on the same packets); concealed
+# macroblock errors ("error while decoding MB") are not failures for either decoder.
+_REFUSED = re.compile(r"Error while decoding stream #\S+: (.*)|Decoding error: (.*)")
 
-def probe(path: str) -> tuple[int, int, np.ndarray, float]:
-    """Width, height, sorted absolute packet timestamps and the end time of the first video stream."""
+
+def probe(path: str) -> tuple[int, int, np.ndarray, float, float | None]:
+    """Width, height, sorted absolute packet timestamps, the end time and the declared duration of
+    the first video stream."""
     import ffmpeg
 
     try:
@@ -62,16 +72,19 @@ def probe(path: str) -> tuple[int, int, np.ndarray, float]:
     declared = int(streams[0].get("nb_frames") or 0)
     if declared and len(times) < declared:
         raise TruncatedMedia(f"the index lists {declared} frames but only {len(times)} are in the file")
-    return width, height, np.sort(np.asarray(times)), max(ends)
+    duration = parse_duration(streams[0].get("duration"), (streams[0].get("tags") or {}).get("DURATION"))
+    return width, height, np.sort(np.asarray(times)), max(ends), duration
 
 
 def plan_ffmpeg(path: str, cfg: DecodeConfig, start_s: float | None, end_s: float | None) -> MediaPlan:
-    width, height, ts, end = probe(path)
+    width, height, ts, end, duration = probe(path)
     if len(ts) > cfg.max_source_frames:
         raise MediaTooLarge(f"{len(ts)} frames exceed max_source_frames={cfg.max_source_frames}")
     check_size(width, height, cfg)
     t0 = float(ts[0])
-    bucketed, clips = select_frames(ts - t0, cfg, start_s, end_s, video_end(ts - t0, end - ts[-1]))
+    last = video_end(ts - t0, end - ts[-1])
+    check_continuity(ts - t0, last, duration)
+    bucketed, clips = select_frames(ts - t0, cfg, start_s, end_s, last)
     if not clips:
         raise NoFrames(f"no frames in the range [{start_s}, {end_s}) s")
     lo = t0 + (start_s or 0.0)
@@ -98,13 +111,14 @@ def ffmpeg_frames(
 ) -> Iterator[tuple[int, np.ndarray]]:
     import ffmpeg
 
-    # -copyts keeps the file's own timestamps, so the select rule sees what ffprobe saw.
-    stream = ffmpeg.input(plan.path, copyts=None, noautorotate=None)
+    # -copyts keeps the file's own timestamps, so the select rule sees what ffprobe saw. One
+    # decoder thread and -frames:v stop ffmpeg right after the last kept frame, like decord:
+    # the packets it has decoded by then (and so the errors it logs) are the same on every run.
+    stream = ffmpeg.input(plan.path, copyts=None, noautorotate=None, threads=1)
     (nw, nh), (left, top) = scaled_size(plan.width, plan.height, cfg)
     vf = f"select='{select_expr(plan, cfg)}',scale={nw}:{nh}:flags=bicubic,crop={cfg.crop}:{cfg.crop}:{left}:{top}"
-    stream = stream.output(
-        "pipe:", map="0:v:0", vf=vf, fps_mode="passthrough", format="rawvideo", pix_fmt="rgb24"
-    )
+    stream = stream.output("pipe:", map="0:v:0", vf=vf, fps_mode="passthrough", format="rawvideo",
+                           pix_fmt="rgb24", **{"frames:v": len(plan.bucketed)})  # fmt: skip
     args = ["ffmpeg", "-nostdin", "-v", "error", *stream.compile()[1:]]
     frame_bytes = cfg.crop * cfg.crop * 3
     with tempfile.TemporaryFile() as errors:
@@ -114,15 +128,30 @@ def ffmpeg_frames(
                 buf = proc.stdout.read(frame_bytes)
                 if len(buf) < frame_bytes:
                     proc.wait()
-                    errors.seek(0)
-                    tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error"]
+                    _raise_refused(errors)  # a refused packet explains the missing frames
+                    tail = _stderr(errors).strip().splitlines()[-1:] or ["no error"]
                     raise TruncatedMedia(
                         f"ffmpeg stopped after {count} of {len(plan.bucketed)} frames: {clean_message(tail[0])}"
                     )
                 if frame_index in slots:
                     pixels = np.frombuffer(buf, dtype=np.uint8).reshape(cfg.crop, cfg.crop, 3)
                     yield frame_index, pixels
+            proc.wait()
+            _raise_refused(errors)
         finally:
             proc.stdout.close()
             proc.kill()
             proc.wait()
+
+
+def _stderr(errors: Any) -> str:
+    errors.seek(0)
+    return errors.read().decode("utf-8", "replace")
+
+
+def _raise_refused(errors: Any) -> None:
+    """CorruptMedia when ffmpeg's stderr shows a packet the codec refused (where decord raises)."""
+    refused = [m.group(1) or m.group(2) for m in _REFUSED.finditer(_stderr(errors))]
+    if refused:
+        raise CorruptMedia(f"decoding failed mid-stream: {clean_message(refused[0])} "
+                           f"({len(refused)} packet(s) refused by the codec)")  # fmt: skip

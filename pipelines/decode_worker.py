@@ -39,6 +39,7 @@ from lwmkit.pipelines.decode import (
     iter_frames,
     plan_media,
 )
+from lwmkit.schemas.dead_letters import normalise_message
 
 _HEADER = struct.Struct("<cI")  # message type, payload length
 _STARTUP_S = 120.0
@@ -226,7 +227,8 @@ def _serve() -> None:
                     send(b"F", struct.pack("<II", clip, k) + np.ascontiguousarray(frame).tobytes())
             send(b"D", b"")
         except Exception as err:  # every failure goes back as a message; the parent dead-letters it
-            send(b"E", json.dumps({"class": type(err).__name__, "message": str(err)[:2000]}).encode())
+            message = normalise_message(str(err))  # no times or addresses: dead letters are stable bytes
+            send(b"E", json.dumps({"class": type(err).__name__, "message": message}).encode())
 
 
 if __name__ == "__main__":

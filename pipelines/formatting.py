@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lwmkit.schemas.dead_letters import Rejected
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.vocab import VocabLayout
 from lwmkit.tokenizers.text import ASSISTANT, SYSTEM_PROMPT, USER, TextTokenizer
@@ -63,8 +64,9 @@ class Example:
         """Loss-bearing positions once packed: targets 1..n-1 (token 0 is never a target)."""
         return int(np.count_nonzero(self.loss[1:]))
 
-    def piece(self, start: int, end: int, suffix: str) -> Example:
-        """Tokens ``[start, end)`` as an example of their own (a truncation or a split piece)."""
+    def piece(self, start: int, end: int, suffix: str, *, truncated: bool = True) -> Example:
+        """Tokens ``[start, end)`` as an example of their own: a truncation (the rest is lost,
+        ``truncated``) or one piece of a split (nothing is lost: ``truncated=False``)."""
         return replace(
             self,
             example_id=self.example_id + suffix,
@@ -74,7 +76,7 @@ class Example:
             n_frames=int(
                 np.count_nonzero(np.isin(self.ids[start:end][self.vision[start:end]], _END_MARKERS))
             ),
-            truncated=True,
+            truncated=truncated,
         )
 
 
@@ -188,7 +190,7 @@ def vision_example(
     and the record id, so it is the same on every run and every worker."""
     caption = row.get("caption")
     if caption is None or not str(caption).strip():
-        raise ValueError("record has no caption: nothing to pair the vision tokens with")
+        raise Rejected("record has no caption: nothing to pair the vision tokens with")
     codes = np.asarray(row["tokens"], dtype=np.int32).reshape(int(row["n_frames"]), layout.codes_per_frame)
     if source.max_frames is not None:
         codes = codes[sample_frames(codes.shape[0], source.max_frames)]
@@ -224,14 +226,15 @@ def book_chat_examples(
     Neighbouring chunks (by ``chunk_index``) are concatenated while the chat -- their text and
     all their QA pairs as turns -- still fits ``seq_len``; each window becomes one example.
     A single chunk that alone overflows becomes an example of its own (the overlong policy
-    then applies). Chunks without QA pairs only add context.
+    then applies). Chunks without QA pairs only add context; with ``source.min_qa_grounding``
+    set, pairs scored below it (or not scored) are left out.
     """
     rows = sorted(chunks, key=lambda r: r["chunk_index"])
     head = 1 + len(tok.encode(f"{SYSTEM_PROMPT} {USER}"))
     costs = []
     for r in rows:
         doc = np.asarray(tok.encode(r["text"]), dtype=np.int32)
-        qa = [(p["question"].strip(), p["answer"].strip()) for p in r["qa"]]
+        qa = [(p["question"].strip(), p["answer"].strip()) for p in r["qa"] if _grounded_enough(p, source)]
         qa_cost = sum(len(tok.encode(f"{USER} {q} {ASSISTANT}")) + len(tok.encode(a)) + 1 for q, a in qa)
         costs.append((doc, qa, doc.size + qa_cost))
     out, window, used = [], [], head
@@ -244,6 +247,11 @@ def book_chat_examples(
     if window:
         out.append(_chat(source, window, tok))
     return out
+
+
+def _grounded_enough(pair: Mapping[str, Any], source: SourceConfig) -> bool:
+    threshold, score = source.min_qa_grounding, pair.get("grounding")
+    return threshold is None or (score is not None and score >= threshold - 1e-6)  # float32 scores
 
 
 def _chat(source: SourceConfig, window: list, tok: TextTokenizer) -> Example:

@@ -1,5 +1,8 @@
 """What a vision job reads: a glob of media files, or a manifest of uri + caption + clip range.
 
+Media matched by a glob or folder take their caption from a sidecar beside them, when there is
+one: ``clip.mp4`` + ``clip.txt`` (plain text) or ``clip.json`` (``{"caption": "..."}``).
+
 A manifest is CSV (with a header), JSON Lines or Parquet with the columns ``uri`` (required),
 ``caption``, ``start_s``, ``end_s`` (optional). Relative uris resolve against the manifest's
 folder. Paths may be local or any Beam filesystem (gs://, s3://, ...). A malformed manifest is
@@ -22,6 +25,7 @@ from lwmkit.schemas.records import stable_id
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 MANIFEST_COLUMNS = ("uri", "caption", "start_s", "end_s")
+SIDECAR_SUFFIXES = (".txt", ".json")
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,23 @@ def _is_manifest(spec: str) -> bool:
 
 
 def read_inputs(spec: str) -> list[MediaInput]:
-    """Inputs from a glob, a folder, or a manifest file; sorted and de-duplicated."""
-    if _is_manifest(spec):
-        items = read_manifest(spec)
-    else:
-        items = [MediaInput(uri) for uri in match_glob(spec)]
+    """Inputs from a glob, a folder, or a manifest file, or several of them comma-separated
+    (as pack's source paths); sorted and de-duplicated."""
+    items = []
+    for part in split_specs(spec):
+        items += read_manifest(part) if _is_manifest(part) else with_sidecar_captions(match_glob(part))
     items = [MediaInput(_absolute(i.uri), i.caption, i.start_s, i.end_s) for i in items]
     unique = {item.key: item for item in items}
     return sorted(unique.values(), key=lambda i: i.key)
+
+
+def split_specs(spec: str) -> list[str]:
+    """``a/*.mp4,b/`` -> ``["a/*.mp4", "b/"]``; a path that exists as written is never split."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if "," not in spec or FileSystems.exists(spec if "://" in spec else os.path.abspath(spec)):
+        return [spec]
+    return [p.strip() for p in spec.split(",") if p.strip()]
 
 
 def match_glob(pattern: str) -> list[str]:
@@ -107,6 +120,54 @@ def match_glob(pattern: str) -> list[str]:
     if not paths:
         raise ContractError("matches no files", source=pattern)
     return paths
+
+
+def with_sidecar_captions(paths: list[str]) -> list[MediaInput]:
+    """Inputs for media ``paths``, each captioned by its sidecar when one lies beside it:
+    ``clip.mp4`` + ``clip.txt`` (the caption as UTF-8 text) or ``clip.json`` (``{"caption": ...}``).
+    A sidecar is never an input itself; a ``.txt``/``.json`` without media of its stem still is
+    (and is dead-lettered as unreadable media, as before)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    listed: set[str] = set()
+    for folder in sorted({posixpath.dirname(p) for p in paths}):
+        listed.update(m.path for m in FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list)
+    stems = {posixpath.splitext(p)[0] for p in paths if not p.lower().endswith(SIDECAR_SUFFIXES)}
+    stems |= {posixpath.splitext(p)[0] for p in listed if not p.lower().endswith(SIDECAR_SUFFIXES)}
+    items = []
+    for path in paths:
+        stem, ext = posixpath.splitext(path)
+        if ext.lower() in SIDECAR_SUFFIXES and stem in stems:
+            continue  # the caption of a media file beside it
+        sidecar = next((stem + e for e in SIDECAR_SUFFIXES if stem + e in listed), None)
+        items.append(
+            MediaInput(
+                path, read_sidecar(sidecar) if sidecar and ext.lower() not in SIDECAR_SUFFIXES else None
+            )
+        )
+    return items
+
+
+def read_sidecar(path: str) -> str | None:
+    """The caption in a ``.txt`` or ``.json`` sidecar (None when empty); a malformed one fails fast."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ContractError(f"caption sidecar is not UTF-8 (byte {err.start})", source=path) from None
+    if path.lower().endswith(".txt"):
+        return text.strip() or None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ContractError(f"caption sidecar is not JSON ({err})", source=path) from None
+    caption = data.get("caption") if isinstance(data, dict) else None
+    if not isinstance(caption, str):
+        raise ContractError('caption sidecar must be an object with a "caption" string', source=path)
+    return caption.strip() or None
 
 
 def _resolve(uri: str, manifest: str) -> str:

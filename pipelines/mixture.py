@@ -75,6 +75,16 @@ class MixturePlan:
         return out
 
 
+class EmptySource(ContractError):
+    """A source with no usable examples left (pack explains why: ``pipelines/rejects.py``)."""
+
+    def __init__(self, source_name: str) -> None:
+        super().__init__(
+            "has no usable examples (see the dead letters and policy counts)", field=f"sources.{source_name}"
+        )
+        self.source_name = source_name
+
+
 def plan_mixture(stats: Mapping[str, Iterable[tuple[str, int]]], mixture: MixtureConfig) -> MixturePlan:
     """The plan for ``stats`` = {source: [(example_id, n_tokens), ...]} under ``mixture``.
 
@@ -86,9 +96,7 @@ def plan_mixture(stats: Mapping[str, Iterable[tuple[str, int]]], mixture: Mixtur
     totals = {name: sum(n for _, n in rows) for name, rows in items.items()}
     for name, total in totals.items():
         if total == 0:
-            raise ContractError(
-                "has no usable examples (see the dead letters and policy counts)", field=f"sources.{name}"
-            )
+            raise EmptySource(name)
     shares = mixture.shares
     need = {name: totals[name] / shares[name] for name in totals}  # output size this source supports alone
     exhausted_by = None

@@ -24,10 +24,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.formatting import Example
-from lwmkit.pipelines.mixture import MixturePlan, example_key, plan_mixture
+from lwmkit.pipelines.mixture import MixturePlan, example_key
 from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.pack_sources import COUNTS, DEAD, ReadSource, list_files
 from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, prepare_output
+from lwmkit.pipelines.rejects import plan_or_explain
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.sequences import fit_example
 from lwmkit.schemas.errors import ContractError
@@ -94,11 +95,15 @@ class FitToLength(beam.DoFn):
 
 
 class PlanMixture(beam.PTransform):
-    """Examples -> the one :class:`MixturePlan` (token totals per source -> quotas)."""
+    """Examples -> the one :class:`MixturePlan` (token totals per source -> quotas).
 
-    def __init__(self, mixture: MixtureConfig) -> None:
+    ``explain``: (dead letters, counts so far, files per source, output folder) -- side inputs
+    that name the reasons when a source has no usable examples (``pipelines/rejects.py``).
+    """
+
+    def __init__(self, mixture: MixtureConfig, explain: tuple) -> None:
         super().__init__()
-        self.mixture = mixture
+        self.mixture, self.explain = mixture, explain
 
     def expand(self, examples):
         return (
@@ -107,7 +112,7 @@ class PlanMixture(beam.PTransform):
             | "BySource" >> beam.GroupByKey()
             | "AsLists" >> beam.MapTuple(lambda name, rows: (name, list(rows)))
             | "ToDict" >> beam.combiners.ToDict()
-            | "Plan" >> beam.Map(plan_mixture, self.mixture)
+            | "Plan" >> beam.Map(plan_or_explain, self.mixture, *self.explain)
         )
 
 
@@ -133,13 +138,18 @@ def sample_and_partition(ex: Example, plan: MixturePlan, mixture: MixtureConfig)
 def build(p: beam.Pipeline, job: PackJob) -> None:
     """The job's graph on pipeline ``p``."""
     m = job.mixture
+    files = {s.name: list_files(s) for s in m.sources}
     reads = [
-        p | f"Read[{s.name}]" >> ReadSource(s, list_files(s), job.tokenizer_path, job.seq_len, m.seed)
+        p | f"Read[{s.name}]" >> ReadSource(s, files[s.name], job.tokenizer_path, job.seq_len, m.seed)
         for s in m.sources
     ]
     examples = [r["examples"] for r in reads] | "AllExamples" >> beam.Flatten()
     fitted = examples | "FitToLength" >> beam.ParDo(FitToLength(job)).with_outputs(COUNTS, main="pieces")
-    plan = fitted.pieces | "PlanMixture" >> PlanMixture(m)
+    dead = [r[DEAD] for r in reads] | "AllDead" >> beam.Flatten()
+    early = [r[COUNTS] for r in reads] + [fitted[COUNTS]] | "EarlyCounts" >> beam.Flatten()
+    explain = (beam.pvalue.AsList(dead), beam.pvalue.AsDict(early | "SumEarly" >> beam.CombinePerKey(sum)),
+               {name: [url for url, _ in found] for name, found in files.items()}, job.out)  # fmt: skip
+    plan = fitted.pieces | "PlanMixture" >> PlanMixture(m, explain)
     results = (
         fitted.pieces
         | "SampleByMixture" >> beam.FlatMap(sample_and_partition, beam.pvalue.AsSingleton(plan), m)
@@ -153,7 +163,6 @@ def build(p: beam.Pipeline, job: PackJob) -> None:
         | "AllCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
     )
-    dead = [r[DEAD] for r in reads] | "AllDead" >> beam.Flatten()
     _ = results | "WriteManifest" >> beam.Map(
         finalize,
         beam.pvalue.AsDict(counts),

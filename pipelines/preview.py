@@ -2,11 +2,13 @@
 
 One row per record (the first N by id): up to ``frames`` frames spread over the record, each
 shown as the frame decoded again from its source (with the record's own decode settings) and
-the VQGAN's reconstruction from the record's codes.
+the VQGAN's reconstruction from the record's codes. The PNG carries a key of what it shows
+(record ids, VQGAN, frames), so :func:`update_preview` rebuilds it only when that changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -14,7 +16,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from lwmkit.pipelines.decode import DecodeConfig
 from lwmkit.pipelines.decode_worker import decode_local
@@ -24,6 +26,7 @@ from lwmkit.runtime.files import BEAM, write_atomic
 from lwmkit.tokenizers.vision_layout import sample_frames
 
 _FONT = 16  # caption size in pixels (PIL's bundled FreeType font: readable at any DPI)
+_KEY = "lwmkit.preview"  # PNG text chunk: what the grid shows
 
 
 def first_records(output: str, n: int) -> list[dict]:
@@ -59,11 +62,40 @@ def write_preview(
     output: str, n: int, checkpoint: str | None = None, dest: str | None = None, frames: int = 4
 ) -> str:
     """Write the grid PNG (default ``OUTPUT/preview.png``); returns its path."""
-    from lwmkit.tokenizers import vqgan
-
     records = first_records(output, n)
     if not records:
         raise FileNotFoundError(f"no vision records under {output}")
+    dest = dest or FileSystems.join(output, "preview.png")
+    write_atomic(dest, _render(records, checkpoint, frames), BEAM)
+    return dest
+
+
+def update_preview(
+    output: str, n: int, checkpoint: str | None = None, frames: int = 4
+) -> tuple[str, int, bool]:
+    """``OUTPUT/preview.png`` of the first ``n`` records, rebuilt only when what it would show
+    changed; returns ``(path, records shown, rebuilt)``."""
+    records = first_records(output, n)
+    if not records:
+        raise FileNotFoundError(f"no vision records under {output}")
+    dest = FileSystems.join(output, "preview.png")
+    if FileSystems.exists(dest):
+        with FileSystems.open(dest) as f:
+            shown = Image.open(io.BytesIO(f.read())).text.get(_KEY)
+        if shown == _preview_key(records, checkpoint, frames):
+            return dest, len(records), False
+    write_atomic(dest, _render(records, checkpoint, frames), BEAM)
+    return dest, len(records), True
+
+
+def _preview_key(records: list[dict], checkpoint: str | None, frames: int) -> str:
+    what = [[r["id"], r["tokenizer_id"], r["n_frames"]] for r in records] + [str(checkpoint), frames]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def _render(records: list[dict], checkpoint: str | None, frames: int) -> bytes:
+    from lwmkit.tokenizers import vqgan
+
     model = vqgan.load(checkpoint)
     side = model.config.resolution
     # columns for the longest record shown, not for the budget: short clips would leave half the grid blank
@@ -88,7 +120,7 @@ def write_preview(
     for i, row in enumerate(rows):
         grid.paste(row, (0, i * row.height))
     buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    dest = dest or FileSystems.join(output, "preview.png")
-    write_atomic(dest, buf.getvalue(), BEAM)
-    return dest
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_KEY, _preview_key(records, checkpoint, frames))
+    grid.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()

@@ -2,14 +2,18 @@
 :class:`QAClient` talking to an OpenAI-compatible server, and the step that turns answers
 into ``BOOK_CHUNK`` records or dead letters.
 
-``load_model`` builds one client per worker (so at most ``max_in_flight`` requests per
-worker); ``run_inference`` sends a batch through it concurrently and never raises: every
-chunk comes back answered or with its error, so none is lost.
+``load_model`` builds the clients of one worker: the first asks every chunk; each further one
+(another seed, temperature >= 0.7: ``GradeConfig.regrades`` of them) asks again only the
+chunks whose pairs all failed the QA gate (:mod:`qa_grade`). They run one after the other, so
+a worker still has at most ``max_in_flight`` requests out. ``run_inference`` never raises:
+every chunk comes back answered and graded, or with its error, so none is lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,17 +23,28 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from lwmkit.pipelines.book_io import NAMESPACE, dead_letter
 from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, QAResult, ResponseCache
+from lwmkit.pipelines.qa_grade import REASONS, GradeConfig, Graded
 from lwmkit.pipelines.qa_prompt import QAPrompt
 from lwmkit.runtime.progress import step
 
 
-class OpenAIChatQAHandler(ModelHandler[dict, PredictionResult, QAClient]):
-    """chunk dict (``text``, ``text_sha256``, ...) → PredictionResult(chunk, QAResult)."""
+class QAClients(list):
+    """A worker's clients: the first asks every chunk, the rest regrade (a list Beam can weak-reference)."""
+
+
+class OpenAIChatQAHandler(ModelHandler[dict, PredictionResult, QAClients]):
+    """chunk dict (``text``, ``text_sha256``, ...) → PredictionResult(chunk, (QAResult, Graded))."""
 
     def __init__(
-        self, config: QAClientConfig, prompt: QAPrompt, cache_root: str | None, batch_size: int | None = None
+        self,
+        config: QAClientConfig,
+        prompt: QAPrompt,
+        cache_root: str | None,
+        batch_size: int | None = None,
+        grade: GradeConfig | None = None,
     ):
         super().__init__()
+        self.grade = grade or GradeConfig()
         self.config = config
         self.prompt = prompt
         self.cache_root = cache_root
@@ -40,21 +55,44 @@ class OpenAIChatQAHandler(ModelHandler[dict, PredictionResult, QAClient]):
         self._done = 0
         self._t0 = 0.0
 
-    def load_model(self) -> QAClient:
+    def load_model(self) -> QAClients:
+        # BatchElements (same worker) fits batch timings with np.polyfit; cached replies all take
+        # ~0 s, so on a re-run every fit is degenerate and numpy warns once per batch.
+        warnings.filterwarnings(
+            "ignore", "Polyfit may be poorly conditioned", module=r"apache_beam\.transforms\.util"
+        )
         cache = ResponseCache(self.cache_root) if self.cache_root else None
         self._t0 = time.monotonic()
-        return QAClient(self.config, self.prompt, cache)
+        # Regrade clients sample (a greedy decode would repeat the reply) with seeds far from the
+        # first client's retry seeds; each has its own cache keys, so a re-run replays them all.
+        hot = max(self.config.temperature, 0.7)
+        configs = [self.config] + [dataclasses.replace(self.config, seed=self.config.seed + 1000 * k, temperature=hot)
+                                   for k in range(1, self.grade.regrades + 1)]  # fmt: skip
+        return QAClients(QAClient(c, self.prompt, cache) for c in configs)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": 1, "max_batch_size": self.batch_size}
 
     def run_inference(
-        self, batch: Sequence[dict], model: QAClient, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[dict], model: QAClients, inference_args: dict[str, Any] | None = None
     ) -> Iterator[PredictionResult]:
-        results = model.generate_many([(c["text"], c["text_sha256"]) for c in batch])
+        results = model[0].generate_many([(c["text"], c["text_sha256"]) for c in batch])
+        graded = [Graded() for _ in batch]
+        for g, r, c in zip(graded, results, batch, strict=True):
+            if r.ok:
+                g.add(r.pairs, c["text"], self.grade)
+        for client in model[1:]:
+            redo = [i for i, (r, g) in enumerate(zip(results, graded, strict=True)) if r.ok and not g.kept]
+            if not redo:
+                break
+            again = client.generate_many([(batch[i]["text"], batch[i]["text_sha256"]) for i in redo])
+            for i, r in zip(redo, again, strict=True):
+                results[i] = _combined(results[i], r)
+                if r.ok:
+                    graded[i].add(r.pairs, batch[i]["text"], self.grade)
         self._report(batch, results)
-        for chunk, result in zip(batch, results, strict=True):
-            yield PredictionResult(chunk, result, model_id=self.config.model)
+        for chunk, result, g in zip(batch, results, graded, strict=True):
+            yield PredictionResult(chunk, (result, g), model_id=self.config.model)
 
     def _report(self, batch: Sequence[dict], results: Sequence[QAResult]) -> None:
         # One progress line per batch, from whichever worker ran it.
@@ -75,7 +113,8 @@ class OpenAIChatQAHandler(ModelHandler[dict, PredictionResult, QAClient]):
 
 
 class ToRecords(beam.DoFn):
-    """PredictionResult → a ``BOOK_CHUNK`` row, or a dead letter holding the raw reply."""
+    """PredictionResult → a ``BOOK_CHUNK`` row of the kept pairs (each with its grounding), or a
+    dead letter holding the raw reply (an error, or no pair through the gate: ``Ungrounded``)."""
 
     def __init__(self, model: str, prompt_version: str):
         self.model = model
@@ -86,11 +125,16 @@ class ToRecords(beam.DoFn):
         self.pairs = Metrics.counter(NAMESPACE, "qa_pairs")
         self.requests = Metrics.counter(NAMESPACE, "qa_requests")
         self.retries = Metrics.counter(NAMESPACE, "qa_retries")
+        self.graded = Metrics.counter(NAMESPACE, "qa_graded")
+        self.grounded = Metrics.counter(NAMESPACE, "qa_grounded")
+        self.regrades = Metrics.counter(NAMESPACE, "qa_regrades")
+        self.ungrounded = Metrics.counter(NAMESPACE, "chunks_ungrounded")
 
     def process(self, prediction: PredictionResult) -> Iterator[Any]:
-        chunk, result = prediction.example, prediction.inference
+        chunk, (result, graded) = prediction.example, prediction.inference
         self.requests.inc(result.requests)
         self.retries.inc(result.retries)
+        self._count_grades(graded)
         if not result.ok:
             self.failed.inc()
             message = f"{result.error} (after {result.requests} request(s))"
@@ -99,10 +143,35 @@ class ToRecords(beam.DoFn):
                 "qa",
                 message,
                 detail=result.raw,
-                error_class=result.error_class or "QAError",
+                error_class=result.error_class or "InternalError",
             )
+            return
+        if not graded.kept:  # answered, but nothing survived the gate on any attempt
+            self.failed.inc()
+            self.ungrounded.inc()
+            message = f"{graded.reason()} (after {result.requests} request(s))"
+            yield dead_letter(chunk["chunk_id"], "qa", message, detail=result.raw, error_class="Ungrounded")
             return
         self.done.inc()
         self.cached.inc(int(result.cached))
-        self.pairs.inc(len(result.pairs))
-        yield {**chunk, "qa": result.pairs, "model": self.model, "prompt_version": self.prompt_version}
+        self.pairs.inc(len(graded.kept))
+        yield {**chunk, "qa": graded.kept, "model": self.model, "prompt_version": self.prompt_version}
+
+    def _count_grades(self, graded: Graded) -> None:
+        self.graded.inc(graded.graded)
+        self.grounded.inc(graded.grounded)
+        self.regrades.inc(max(graded.attempts - 1, 0))
+        for reason in REASONS:
+            if graded.dropped[reason]:
+                Metrics.counter(NAMESPACE, f"qa_dropped_{reason}").inc(graded.dropped[reason])
+
+
+def _combined(first: QAResult, again: QAResult) -> QAResult:
+    """A chunk's result after a regrade: the new reply when there is one, requests summed."""
+    base = again if again.ok else first  # a failed regrade leaves the answered (ungraded-out) reply
+    return dataclasses.replace(
+        base,
+        requests=first.requests + again.requests,
+        retries=first.retries + again.retries,
+        cached=first.cached and again.cached,
+    )

@@ -98,9 +98,9 @@ def parse_qa(reply: str, max_pairs: int | None = None) -> list[dict[str, str]]:
     Raises :class:`ParseError` when nothing usable is found.
     """
     for candidate in _json_candidates(reply):
-        pairs = _pairs_from_json(candidate)
-        if pairs:
-            return _clean(pairs, max_pairs)
+        pairs = _clean(_pairs_from_json(candidate), max_pairs)
+        if pairs:  # pairs that clean to nothing are no answer: try the next candidate, else ParseError
+            return pairs
     pairs = [{"question": _unescape(q), "answer": _unescape(a)} for q, a in _PAIR.findall(reply)]
     if not _clean(pairs, max_pairs):
         pairs = [{"question": q, "answer": a} for q, a in _QA_LINES.findall(reply)]

@@ -40,7 +40,7 @@ def fit_example(
             counts["truncated" if end > 0 else "dropped_overlong"] += 1
         else:
             spans = split_lengths(allowed, example.n_tokens, seq_len)
-            pieces = [example.piece(a, b, f"#{k}") for k, (a, b) in enumerate(spans)]
+            pieces = [example.piece(a, b, f"#{k}", truncated=False) for k, (a, b) in enumerate(spans)]
             counts["split_examples"] += 1
             counts["split_pieces"] += len(pieces)
     kept = [p for p in pieces if p.n_loss_tokens > 0]

@@ -39,7 +39,8 @@ class VisionOptions(PipelineOptions):
         add_flag(
             parser,
             "--inputs",
-            help="Glob, folder, or manifest (.csv/.jsonl/.parquet: uri, caption, start_s, end_s).",
+            help="Glob, folder, or manifest (.csv/.jsonl/.parquet: uri, caption, start_s, end_s); "
+            "several, comma-separated. Captions also come from sidecars (clip.txt / clip.json).",
         )
         add_flag(parser, "--output", help="Output folder (local, gs://, s3://).")
         add_flag(

@@ -32,10 +32,19 @@ class VisionSummary:
     frames: int  # in the whole output
     shards: tuple[str, ...]
     dead_letters: str
+    # The output set: every input an earlier run or this one recorded here (done or dead-lettered),
+    # plus this run's. The exit code judges these, so a re-run says what the first run said.
+    total: int = 0
+    dead_total: int = 0  # inputs of the output set that are dead-lettered now (earlier or this run)
 
     @property
     def failure_ratio(self) -> float:
-        return self.failed / self.attempted if self.attempted else 0.0
+        """Dead-lettered inputs over all inputs of the output set (not just this run's)."""
+        return self.dead_total / self.total if self.total else 0.0
+
+    @property
+    def dead_earlier(self) -> int:
+        return self.dead_total - self.failed
 
 
 def tokenizer_identity(checkpoint: str | None, crop: int) -> str:
@@ -73,13 +82,29 @@ def plan_inputs(job: VisionJobConfig) -> tuple[list[MediaInput], list[str]]:
     return items, todo
 
 
-def summarise(job: VisionJobConfig, given: int, todo: list[str]) -> VisionSummary:
+def plan_line(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) -> str:
+    """What this run will do, with dead letters of earlier runs named as such (not as 'done')."""
+    if job.retry_dead_letters:
+        return f"{len(items)} dead-lettered inputs to retry"
+    done = read_state(job.output).done
+    left = set(todo)
+    n_done = sum(i.key in done for i in items)
+    n_dead = sum(i.key not in done and i.key not in left for i in items)
+    dead = f", {n_dead} dead-lettered by an earlier run (--retry_dead_letters retries them)" if n_dead else ""
+    return f"{len(items)} inputs: {n_done} already done{dead}, {len(todo)} to process"
+
+
+def summarise(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) -> VisionSummary:
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
+    given = len(items)
     todo_set = set(todo)
     letters = read_existing(dead_letter_path(job.output, JOB))
-    failed = len({d.detail for d in letters if d.detail in todo_set})
+    dead_keys = {d.detail or d.uri for d in letters}
+    failed = len(dead_keys & todo_set)
+    done = read_state(job.output).done
+    output_set = done | dead_keys | {i.key for i in items}
     records = frames = 0
     shards = tuple(record_files(job.output))  # buckets have no folders: never ask if it exists
     for path in shards:
@@ -89,7 +114,7 @@ def summarise(job: VisionJobConfig, given: int, todo: list[str]) -> VisionSummar
         frames += int(sum(column.to_pylist()))
     path = dead_letter_path(job.output, JOB)
     return VisionSummary(given, given - len(todo) if not job.retry_dead_letters else 0, len(todo), failed,
-                         records, frames, shards, path)  # fmt: skip
+                         records, frames, shards, path, len(output_set), len(dead_keys - done))  # fmt: skip
 
 
 def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
@@ -99,23 +124,24 @@ def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
     settings = JobSettings(job.num_shards, job.decode.to_json(), tokenizer_id, job.source)
     check_settings(job.output, settings)
     items, todo = plan_inputs(job)
-    step(f"vision: {len(items)} inputs, {len(items) - len(todo) if not job.retry_dead_letters else 0} already done, "
-         f"{len(todo)} to process -> {job.output}")  # fmt: skip
+    step(f"vision: {plan_line(job, items, todo)} -> {job.output}")
     if todo:
         pipeline = beam.Pipeline(options=options)
         build(pipeline, job, todo, tokenizer_id)
         result = pipeline.run()
         result.wait_until_finish()
-    summary = summarise(job, len(items), todo)
+    summary = summarise(job, items, todo)
     step(f"vision: {summary.attempted - summary.failed}/{summary.attempted} inputs tokenized, {summary.failed} "
-         f"dead-lettered ({summary.dead_letters}); output holds {summary.records} records, {summary.frames} frames "
-         f"in {len(summary.shards)} shards")  # fmt: skip
-    if job.preview:
-        from lwmkit.pipelines.preview import write_preview
+         f"dead-lettered in this run; output holds {summary.records} records, {summary.frames} frames "
+         f"in {len(summary.shards)} shards from {summary.total - summary.dead_total} of {summary.total} inputs; "
+         f"{summary.dead_total} dead-lettered ({summary.dead_earlier} by earlier runs) -> {summary.dead_letters}")  # fmt: skip
+    if job.preview and summary.records:
+        from lwmkit.pipelines.preview import update_preview
 
-        png = write_preview(job.output, job.preview, checkpoint=job.vqgan)
-        step(f"vision: preview of {job.preview} records -> {png}")
+        png, shown, rebuilt = update_preview(job.output, job.preview, checkpoint=job.vqgan)
+        step(f"vision: preview of {shown} records -> {png}{'' if rebuilt else ' (unchanged, not rebuilt)'}")
     if summary.failure_ratio > job.max_failure_ratio:
-        raise VisionJobFailed(f"{summary.failed} of {summary.attempted} inputs failed ({summary.failure_ratio:.0%} > "
-                              f"max_failure_ratio {job.max_failure_ratio:.0%}); see {summary.dead_letters}")  # fmt: skip
+        raise VisionJobFailed(f"{summary.dead_total} of {summary.total} inputs failed ({summary.failure_ratio:.0%} > "
+                              f"max_failure_ratio {job.max_failure_ratio:.0%}; {summary.failed} in this run, "
+                              f"{summary.dead_earlier} by earlier runs); see {summary.dead_letters}")  # fmt: skip
     return summary

@@ -9,6 +9,7 @@ the file itself is in the dead letters).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -79,7 +80,7 @@ class _DecodeFn(beam.DoFn):
 
     def process(self, key: str) -> Iterable[Any]:
         item = MediaInput.from_key(key)
-        stage, tmpdir = "read", None
+        stage, tmpdir, path = "read", None, ""
         try:
             path, tmpdir = localise(item.uri)
             stage = "decode"
@@ -93,10 +94,17 @@ class _DecodeFn(beam.DoFn):
                 yield TaggedOutput(CLIPS, (rid, _clip_meta(item, plan, clip, rid, self.cfg, self.num_shards)))
         except Exception as err:  # any failure of one input is its dead letter, never the job's end
             self.failed.inc()
-            yield TaggedOutput(DEAD, letter(item.uri, stage, JOB, err, detail=key))
+            dead = letter(item.uri, stage, JOB, err, detail=key)
+            # A bucket object's temporary local copy has a random name: the letter names the uri.
+            yield TaggedOutput(DEAD, dead.replace(_escaped(path), _escaped(item.uri)) if tmpdir else dead)
         finally:
             if tmpdir:
                 shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _escaped(text: str) -> str:
+    """``text`` as it appears inside a dead letter's JSON line."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 def _clip_id(item: MediaInput, plan: MediaPlan, index: int) -> str:

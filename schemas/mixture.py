@@ -45,6 +45,9 @@ class SourceConfig:
     max_frames: int | None = None  # video: keep linspace(0, n-1, max_frames) frames when longer
     pack_group: str | None = None  # sources with different groups never share a sequence
     prompt: str | None = None  # image/video understanding question (default: "Describe this image/video.")
+    # book_qa_chat: keep only QA pairs whose grounding (the books job's QA gate) is at least this;
+    # when set, pairs without a score (older records) are left out too. None: every pair.
+    min_qa_grounding: float | None = None
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "name", "must not be empty")
@@ -60,6 +63,13 @@ class SourceConfig:
                 f"applies to image/video sources, not {self.kind}",
             )
             require(self.prompt is None, "prompt", f"applies to image/video sources, not {self.kind}")
+        if self.min_qa_grounding is not None:
+            require(
+                self.kind == "book_qa_chat",
+                "min_qa_grounding",
+                f"applies to book_qa_chat sources, not {self.kind}",
+            )
+            require(0.0 <= self.min_qa_grounding <= 1.0, "min_qa_grounding", "must lie in [0, 1]")
         if self.kind != "video_text":
             require(self.max_frames is None, "max_frames", f"applies to video_text sources, not {self.kind}")
         if self.pack_group is not None:

@@ -2,7 +2,9 @@
 
 Each contract is a pyarrow schema whose metadata names the contract and its format
 version; :func:`read_table` refuses a file whose metadata, columns or types do not match,
-naming the file and the field. Row validators check what a schema cannot (code ranges,
+naming the file and the field. A contract may still read files of its earlier versions
+(``ParquetContract.upgrades``): their own columns are checked, then the rows are lifted to the
+current version (``BOOK_CHUNK`` v1 files, whose QA pairs carry no ``grounding``, read as v2). Row validators check what a schema cannot (code ranges,
 lengths). Beam writers pass ``contract.schema`` to ``WriteToParquet`` so the metadata lands
 in every shard.
 """
@@ -10,7 +12,7 @@ in every shard.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ class ParquetContract:
     name: str
     version: int
     fields: tuple[pa.Field, ...]
+    # Earlier versions this lwmkit still reads: (version, its fields, rows -> rows of this version).
+    upgrades: tuple[tuple[int, tuple[pa.Field, ...], Callable[[list[dict]], list[dict]]], ...] = ()
 
     @property
     def schema(self) -> pa.Schema:
@@ -66,12 +70,16 @@ VISION_RECORD = ParquetContract(
     ),
 )
 
-QA_PAIR = pa.struct([pa.field("question", pa.string()), pa.field("answer", pa.string())])
+QA_PAIR_V1 = pa.struct([pa.field("question", pa.string()), pa.field("answer", pa.string())])
+# v2: each pair carries its grounding in the chunk (share of the answer's content words found
+# there, from the books job's QA gate; null when no gate graded it).
+QA_PAIR = pa.struct(
+    [pa.field("question", pa.string()), pa.field("answer", pa.string()), pa.field("grounding", pa.float32())]
+)
 
-BOOK_CHUNK = ParquetContract(
-    "book_chunk",
-    1,
-    (
+
+def _book_chunk_fields(qa_pair: pa.DataType) -> tuple[pa.Field, ...]:
+    return (
         pa.field("book_id", pa.string(), nullable=False),
         pa.field("chunk_index", pa.int32(), nullable=False),
         pa.field("chunk_id", pa.string(), nullable=False),  # f"{book_id}/{chunk_index:06d}"
@@ -79,11 +87,22 @@ BOOK_CHUNK = ParquetContract(
         pa.field("text", pa.string(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("text_sha256", pa.string(), nullable=False),
-        pa.field("qa", pa.list_(QA_PAIR), nullable=False),
+        pa.field("qa", pa.list_(qa_pair), nullable=False),
         pa.field("model", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string(), nullable=False),
         pa.field("tokenizer_id", pa.string(), nullable=False),
-    ),
+    )
+
+
+def _book_chunk_v1_to_v2(rows: list[dict]) -> list[dict]:
+    return [{**r, "qa": [{**p, "grounding": None} for p in r["qa"]]} for r in rows]
+
+
+BOOK_CHUNK = ParquetContract(
+    "book_chunk",
+    2,
+    _book_chunk_fields(QA_PAIR),
+    upgrades=((1, _book_chunk_fields(QA_PAIR_V1), _book_chunk_v1_to_v2),),
 )
 
 DEAD_LETTER = ParquetContract(
@@ -117,7 +136,8 @@ def chunk_id(book_id: str, chunk_index: int) -> str:
     return f"{book_id}/{chunk_index:06d}"
 
 
-def _check_schema(schema: pa.Schema, contract: ParquetContract, source: str) -> None:
+def _check_schema(schema: pa.Schema, contract: ParquetContract, source: str) -> Callable | None:
+    """Check ``schema`` against ``contract``; returns the upgrade for an older readable version."""
     meta = schema.metadata or {}
     name = meta.get(META_CONTRACT, b"").decode() or None
     if name != contract.name:
@@ -128,13 +148,18 @@ def _check_schema(schema: pa.Schema, contract: ParquetContract, source: str) -> 
         version = int(meta.get(META_VERSION, b"-1"))
     except ValueError:
         version = -1
-    if version != contract.version:
+    fields, upgrade = contract.fields, None
+    for old, old_fields, lift in contract.upgrades:
+        if version == old:
+            fields, upgrade = old_fields, lift
+    if version != contract.version and upgrade is None:
+        readable = sorted([contract.version, *(u[0] for u in contract.upgrades)])
         raise ContractError(
-            f"format version {version} is not supported (this lwmkit reads {contract.version})",
+            f"format version {version} is not supported (this lwmkit reads {', '.join(map(str, readable))})",
             field="format_version",
             source=source,
         )
-    for f in contract.fields:
+    for f in fields:
         idx = schema.get_field_index(f.name)
         if idx < 0:
             raise ContractError("column is missing", field=f.name, source=source)
@@ -142,9 +167,10 @@ def _check_schema(schema: pa.Schema, contract: ParquetContract, source: str) -> 
             raise ContractError(
                 f"has type {schema.field(idx).type}, expected {f.type}", field=f.name, source=source
             )
-    extra = [n for n in schema.names if n not in contract.columns]
+    extra = [n for n in schema.names if n not in {f.name for f in fields}]
     if extra:
         raise ContractError("unknown column", field=extra[0], source=source)
+    return upgrade
 
 
 def read_table(path: str, contract: ParquetContract, *, filesystem: Any = None) -> pa.Table:
@@ -153,8 +179,10 @@ def read_table(path: str, contract: ParquetContract, *, filesystem: Any = None) 
         pf = pq.ParquetFile(path, filesystem=filesystem) if filesystem else pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as err:
         raise ContractError(f"cannot be read as Parquet ({err})", source=str(path)) from None
-    _check_schema(pf.schema_arrow, contract, str(path))
+    upgrade = _check_schema(pf.schema_arrow, contract, str(path))
     table = pf.read()
+    if upgrade is not None:
+        table = pa.Table.from_pylist(upgrade(table.to_pylist()), schema=contract.schema)
     validate_rows(table.to_pylist(), contract, source=str(path))
     return table
 
@@ -214,6 +242,9 @@ def _check_book_row(row: Mapping[str, Any]) -> None:
         for key in ("question", "answer"):
             if not isinstance(pair.get(key), str) or not pair[key].strip():
                 raise ContractError("must be a non-empty string", field=f"qa[{j}].{key}")
+        grounding = pair.get("grounding")
+        if grounding is not None and not 0.0 <= grounding <= 1.0:
+            raise ContractError(f"must lie in [0, 1], got {grounding}", field=f"qa[{j}].grounding")
 
 
 _ROW_CHECKS = {VISION_RECORD.name: _check_vision_row, BOOK_CHUNK.name: _check_book_row}

@@ -231,6 +231,56 @@ def vision_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return VISION_GOOD, VISION_BAD
 
 
+def break_packets(src, dst, fractions) -> None:
+    """Copy ``src`` to ``dst`` with the 4-byte NAL length of the video packets at ``fractions`` of
+    the stream overwritten: the codec refuses those packets (a damaged file, mid-stream)."""
+    out = _subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos",
+                           "-of", "csv=p=0", str(src)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    pos = [int(p) for p in out.split() if p.strip().isdigit()]
+    data = bytearray(_Path(src).read_bytes())
+    for f in fractions:
+        at = pos[int(len(pos) * f)]
+        data[at : at + 4] = b"\xff\xff\xff\xff"
+    _Path(dst).write_bytes(bytes(data))
+
+
+def make_damaged_media(root, sample_videos) -> dict:
+    """Real sample clips damaged the ways downloads and disks damage them; returns {name: path}.
+
+    ``broken_packet.mp4``: one packet in the middle refused by the codec; ``concealed.mp4``: garbage
+    inside one packet's payload (the codec conceals it: a usable file); ``holed.mp4``: 5 s of
+    frames missing from the middle; ``cut.webm``: a WebM cut at 60 % (its header still declares
+    the full duration)."""
+    root, videos = _Path(root), _Path(sample_videos)
+    root.mkdir(parents=True, exist_ok=True)
+    p = {name: str(root / name) for name in ("broken_packet.mp4", "concealed.mp4", "holed.mp4", "cut.webm")}
+    break_packets(videos / "carphone_pristine.mp4", p["broken_packet.mp4"], (0.5,))
+    data = bytearray((videos / "carphone_pristine.mp4").read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 1024] = np.random.default_rng(0).integers(0, 256, 1024, dtype=np.uint8).tobytes()
+    _Path(p["concealed.mp4"]).write_bytes(bytes(data))
+    _ffmpeg("-i", str(videos / "bikes.mp4"), "-vf", "select='not(between(t,2,7))'", "-fps_mode", "passthrough",
+            "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", p["holed.mp4"])  # fmt: skip
+    full = str(root / ".full.webm")
+    _ffmpeg("-i", str(videos / "carphone_pristine.mp4"), "-c:v", "libvpx", "-b:v", "200k", "-threads", "1", full)  # fmt: skip
+    webm = _Path(full).read_bytes()
+    _Path(p["cut.webm"]).write_bytes(webm[: len(webm) * 6 // 10])
+    _Path(full).unlink()
+    return p
+
+
+@pytest.fixture(scope="session")
+def break_video_packets():
+    """:func:`break_packets`, for tests that damage a clip their own way."""
+    return break_packets
+
+
+@pytest.fixture(scope="session")
+def damaged_media(tmp_path_factory, sample_dir) -> dict:
+    """{name: path} of damaged real clips (see :func:`make_damaged_media`)."""
+    return make_damaged_media(tmp_path_factory.mktemp("damaged_media"), sample_dir / "videos")
+
+
 @pytest.fixture(scope="session")
 def vqgan_checkpoint(tmp_path_factory) -> str:
     """The shipped VQGAN when present, else a seeded freshly initialised one of the same shape."""

@@ -18,7 +18,9 @@ import pytest
 
 from lwmkit.pipelines.books import run
 from lwmkit.pipelines.chunking import chunk_text, clean_book
+from lwmkit.pipelines.qa_grade import content_words
 from lwmkit.schemas.dead_letters import read_dead_letters
+from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.text import TextTokenizer
 
@@ -60,6 +62,18 @@ class FaultyChatServer(ThreadingHTTPServer):
             return fault
 
 
+INVENTED, HOLLOW = "INVENTEDFACTS", "HOLLOWREPLY"
+
+
+def _pairs(passage: str) -> list[dict[str, str]]:
+    """Grounded pairs: 'What comes after X?' -> the next long word of the passage."""
+    passage = passage.split('"""')[1] if passage.count('"""') >= 2 else passage  # the prompt's passage
+    words = [w.strip(".,;:!?'\"") for w in passage.split()]
+    words = [w for w in words if w.isalpha() and content_words(w) and w.lower() not in ("comes", "after")]
+    pairs = [(a, b) for a, b in zip(words, words[1:], strict=False) if a.lower() != b.lower()][:3]
+    return [{"question": f"What comes after {a}?", "answer": b} for a, b in pairs]
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: FaultyChatServer
 
@@ -91,12 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"{}")
         if fault == "malformed":  # echoes the key: the client must scrub it from dead letters
             return self._send(200, f"<html>proxy error for Bearer {SECRET}".encode())
-        words = [w for w in passage.split() if w.isalpha()][:3] or ["book"]
         content = (
             f"I cannot answer that (key {SECRET})."
             if fault == "unparsable"
-            else json.dumps({"qa": [{"question": f"What word comes after {w}?", "answer": w} for w in words]})
+            else json.dumps({"qa": _pairs(passage)})
         )
+        if INVENTED in passage:  # fluent, and not in the passage: the QA gate must drop it
+            content = json.dumps(
+                {"qa": [{"question": "Who killed Lucius Marcellus?", "answer": "The Roman Emperor Titus."}]}
+            )
+        elif HOLLOW in passage:  # JSON whose pairs clean to nothing: no answer, never cached
+            content = '{"qa": [{"question": "What happened?", "answer": "} {"}]}'
+
         reply = {
             "object": "chat.completion",
             "choices": [
@@ -228,6 +248,10 @@ def test_inputs_of_every_kind_and_bad_ones_go_to_dead_letters(faulty_server, sec
         sum(d.uri.startswith(str(src / "zz-more.jsonl")) for d in letters) == 3
     )  # broken, no text, duplicate id
     assert summary["counters"]["chunks_failed"] == 0 and summary["counters"]["books_read"] == 3
+    assert summary["dead_letters"] == {"decode": 3, "match": 1, "read": 4}
+    # a re-run (replies from the cache) still reports every dead letter of the output
+    again = _job([str(src / "*"), str(tmp_path / "nothing-*.txt")], out, srv.endpoint)
+    assert again["dead_letters"] == summary["dead_letters"] and again["counters"]["qa_requests"] == 0
 
 
 def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, secret_env, tmp_path):
@@ -239,3 +263,88 @@ def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, sec
     dead = [d for d in read_dead_letters(str(tmp_path / "out" / "dead_letters.jsonl")) if d.stage == "qa"]
     assert [d.uri for d in dead] == ["b/000000"] and "after 2 request(s)" in dead[0].message
     assert summary["counters"]["qa_requests"] == 2 and summary["counters"]["qa_retries"] == 1
+
+
+def test_encodings_are_chosen_and_replaced_bytes_counted_per_book(
+    faulty_server, secret_env, botchan, tmp_path
+):
+    srv = faulty_server()
+    src = tmp_path / "in"
+    src.mkdir()
+    text = botchan[5000:9000]
+    (src / "western.txt").write_bytes(("Café au lait, résumé, naïve façade. " + text).encode("cp1252"))
+    damaged = bytearray(text.encode("utf-8"))
+    damaged[100:102] = b"\xff\xfe"  # two bad bytes in 4000: below the 0.1 % threshold
+    (src / "damaged.txt").write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    summary = _job([str(src / "*.txt")], out, srv.endpoint)  # default utf-8: the cp1252 book is refused
+    assert summary["replaced_bytes_per_book"] == {"damaged": 2} and summary["counters"]["replaced_bytes"] == 2
+    letters = read_dead_letters(str(out / "dead_letters.jsonl"))
+    assert [(Path(d.uri).name, d.error_class) for d in letters] == [("western.txt", "BookError")]
+    assert "try --encoding" in letters[0].message
+    for encoding in ("cp1252", "auto"):
+        again = _job([str(src / "western.txt")], tmp_path / encoding, srv.endpoint, f"--encoding={encoding}")
+        assert again["counters"]["books_read"] == 1 and again["replaced_bytes_per_book"] == {}
+        first = min(_records(tmp_path / encoding), key=lambda r: r["chunk_index"])
+        assert first["text"].startswith("Café au lait, résumé, naïve façade.")
+    with pytest.raises(ContractError, match="--encoding.*unknown encoding"):
+        _job([str(src / "western.txt")], tmp_path / "x", srv.endpoint, "--encoding=klingon")
+
+
+def test_the_qa_gate_keeps_grounded_pairs_and_dead_letters_the_rest(
+    faulty_server, secret_env, botchan, tmp_path
+):
+    srv = faulty_server()
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.txt").write_text(botchan[6000:6400], encoding="utf-8")
+    (src / "invented.txt").write_text(
+        f"The {INVENTED} were told here. " + botchan[7000:7200], encoding="utf-8"
+    )
+    (src / "hollow.txt").write_text(f"A {HOLLOW} came back. " + botchan[8000:8200], encoding="utf-8")
+    out = tmp_path / "out"
+    summary = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2")
+    rows = _records(out)
+    assert {r["book_id"] for r in rows} == {"good"}
+    pairs = [p for r in rows for p in r["qa"]]
+    assert pairs and all(p["grounding"] == 1.0 for p in pairs)  # the score travels with each kept pair
+    letters = {d.uri.split("/")[0]: d for d in read_dead_letters(str(out / "dead_letters.jsonl"))}
+    invented, hollow = letters["invented"], letters["hollow"]
+    assert (
+        invented.error_class == "Ungrounded"
+        and "failed the quality gate in 3 replies (3 ungrounded)" in invented.message
+    )
+    assert "Titus" in (invented.detail or "")
+    assert hollow.error_class == "ParseError" and "after 2 request(s)" in hollow.message
+    grade = summary["qa_grade"]
+    assert grade["dropped"]["ungrounded"] == 3 and grade["regrades"] == 2 and grade["chunks_ungrounded"] == 1
+    assert grade["pairs_kept"] == len(pairs) and grade["pairs_graded"] == len(pairs) + 3
+    # re-run: answered chunks (the ungrounded replies too) come from the cache; the hollow reply
+    # was never cached, so only its chunk is asked again
+    before = srv.requests
+    again = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2")
+    assert srv.requests - before == 2 and again["qa_grade"] == grade
+
+
+def test_beams_polyfit_warnings_are_silenced_in_qa_workers(faulty_server, secret_env):
+    """BatchElements' timing fits warn on every batch of a re-run from the cache (issue 22);
+    the QA handler's workers drop exactly that warning, from exactly that module."""
+    import warnings
+
+    import numpy as np
+
+    from lwmkit.pipelines.qa_client import QAClientConfig
+    from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler
+    from lwmkit.pipelines.qa_prompt import load_prompt
+
+    rank_warning = getattr(np, "exceptions", np).RankWarning
+    handler = OpenAIChatQAHandler(QAClientConfig(faulty_server().endpoint, "fake-qa"), load_prompt(), None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for client in handler.load_model():
+            client.close()
+        for module in ("apache_beam.transforms.util", "lwmkit.elsewhere"):
+            warnings.warn_explicit(
+                "Polyfit may be poorly conditioned", rank_warning, "util.py", 645, module=module
+            )
+    assert [w.filename for w in seen] == ["util.py"] and len(seen) == 1  # only the one from elsewhere

@@ -117,3 +117,18 @@ def test_any_text_chunks_within_budget_without_loss(pieces, seps, budget):
     chunks = chunk_text(text, tok, budget)
     assert all(c.n_tokens == tok.count(c.text) and c.n_tokens <= budget for c in chunks)
     assert _content("".join(c.text for c in chunks)) == _content(text)
+
+
+def test_encodings_and_replaced_byte_counts():
+    from lwmkit.pipelines.chunking import decode_counted, read_book
+
+    latin = "Café crème, naïve façade — 50 €".encode("cp1252")
+    assert decode_counted(latin, ReadPolicy(encoding="cp1252")) == ("Café crème, naïve façade — 50 €", 0)
+    assert decode_counted(latin, ReadPolicy(encoding="auto"))[0] == "Café crème, naïve façade — 50 €"
+    assert decode_counted("Grüße".encode(), ReadPolicy(encoding="auto")) == ("Grüße", 0)
+    assert decode_counted("Café".encode("latin-1"), ReadPolicy(encoding="latin-1")) == ("Café", 0)
+    rare = b"x" * 5000 + b"\xff\xfe" + b"y" * 5000  # one bad sequence of two bytes
+    assert decode_counted(rare)[1] == 2
+    assert read_book(rare) == (decode_text(rare).strip(), 2)
+    with pytest.raises(ValueError, match="unknown encoding"):
+        ReadPolicy(encoding="klingon")

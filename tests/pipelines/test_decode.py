@@ -239,3 +239,36 @@ def test_decoding_streams_a_long_video_frame_by_frame(tmp_path):
         tracemalloc.stop()
     assert count == 600 and checksum > 0
     assert peak < 20 * 2**20  # a few frames at a time, never the video
+
+
+# ---------------------------------------------------------------- damaged files: decoders agree
+
+
+def _outcome(path: str, cfg: DecodeConfig, decoder: str) -> tuple[str, int]:
+    with IsolatedDecoder(cfg, decoder, fallback=False) as dec:
+        try:
+            return "ok", len(list(dec.decode(path))) - 1
+        except DecodeError as err:
+            return type(err).__name__, 0
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("broken_packet.mp4", "CorruptMedia"), ("holed.mp4", "CorruptMedia"), ("cut.webm", "TruncatedMedia"),
+     ("concealed.mp4", "ok")],
+)  # fmt: skip
+def test_decord_and_ffmpeg_agree_on_damaged_files(damaged_media, name, expected):
+    for cfg in (DecodeConfig(fps=4.0), DecodeConfig(fps=None)):
+        path = damaged_media[name]
+        decord, ffmpeg = _outcome(path, cfg, "decord"), _outcome(path, cfg, "ffmpeg")
+        assert decord == ffmpeg and decord[0] == expected, (cfg.fps, decord, ffmpeg)
+    if expected == "ok":  # concealed damage: a usable file, every planned frame decoded
+        assert decord[1] == 120
+
+
+def test_damage_after_the_last_sampled_frame_fails_neither_decoder(tmp_path, sample_dir, break_video_packets):
+    # the packet at 90 % of 4 s: after the last frame sampled at 1 fps (3 s)
+    path = str(tmp_path / "late.mp4")
+    break_video_packets(sample_dir / "videos" / "carphone_pristine.mp4", path, (0.9,))
+    cfg = DecodeConfig(fps=1.0)
+    assert _outcome(path, cfg, "decord") == _outcome(path, cfg, "ffmpeg") == ("ok", 4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lwmkit.pipelines.formatting import book_chat_examples, format_text, format_vision, vision_example
-from lwmkit.schemas import SourceConfig
+from lwmkit.schemas import ContractError, SourceConfig
 from lwmkit.tokenizers.text import ASSISTANT, TextTokenizer
 from lwmkit.tokenizers.vision_layout import decode_block, find_blocks
 
@@ -127,3 +127,18 @@ def test_book_chats_fill_the_context_and_learn_only_answers(tok, botchan):
     text = tok.decode(chats[0].ids[1:])
     assert text.startswith("You are a helpful assistant. USER: " + " ".join(words[:5]))
     assert "Q0? ASSISTANT: Answer number 0." in text
+
+
+def test_book_chats_keep_only_pairs_grounded_enough(tok):
+    qa = [{"question": "Who?", "answer": "Kept answer.", "grounding": 0.9},
+          {"question": "What?", "answer": "Weak answer.", "grounding": 0.4},
+          {"question": "When?", "answer": "Unscored answer."}]  # fmt: skip
+    chunk = {"book_id": "b", "chunk_index": 0, "text": "Some text of the book.", "qa": qa}
+    for threshold, expected in ((None, "Kept answer. Weak answer. Unscored answer."), (0.9, "Kept answer.")):
+        src = SourceConfig(
+            name="books", kind="book_qa_chat", path="x", weight=1.0, min_qa_grounding=threshold
+        )
+        (chat,) = book_chat_examples(src, [chunk], tok, seq_len=700)
+        assert tok.decode(chat.ids[chat.loss & (chat.ids != tok.eos_id)]).split() == expected.split()
+    with pytest.raises(ContractError, match="min_qa_grounding"):
+        SourceConfig(name="t", kind="text", path="x", weight=1.0, min_qa_grounding=0.5)

@@ -119,8 +119,9 @@ def test_split_and_truncate_never_cut_inside_a_frame(tok, seq_len):
         if policy == "split":
             assert counts["split_pieces"] == len(pieces)
             assert np.array_equal(np.concatenate([p.ids for p in pieces]), ex.ids)  # order kept, nothing lost
+            assert not any(p.truncated for p in pieces)  # so the audit does not report them as truncated
         else:
-            assert counts["truncated"] == 1 and len(pieces) == 1
+            assert counts["truncated"] == 1 and len(pieces) == 1 and pieces[0].truncated
         for p in pieces:
             for start, end in find_blocks(p.vision):
                 split_frames(p.ids[start:end] if p.ids[end - 1] == 8193 else _close(p.ids[start:end]), layout)

@@ -140,6 +140,10 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     assert kinds["audio.m4a"] == "NoFrames" and kinds["truncated.mp4"] == "TruncatedMedia"
     assert kinds["random.mp4"] == kinds["empty.mp4"] == kinds["notes.txt"] == "UnreadableMedia"
     assert kinds["stuck.mp4"] == "DecodeTimeout"
+    # the same command again: nothing left to try, but the output still holds 6 failed of 9, so
+    # it fails again and says the failures are from the earlier run
+    with pytest.raises(VisionJobFailed, match="6 of 9 inputs failed .*0 in this run, 6 by earlier runs"):
+        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode_timeout_s", "3"))
     (media / "stuck.mp4").unlink()
     # below the threshold the same run succeeds; dead letters do not change on a re-run
     before = _digest(out)
@@ -155,6 +159,19 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     assert "random.mp4" not in {
         Path(d.uri).name for d in read_dead_letters(str(out / "dead_letters" / "vision.jsonl"))
     }
+
+
+def test_preview_is_rebuilt_only_when_what_it_shows_changes(good_run, vqgan_checkpoint):
+    from lwmkit.pipelines.preview import update_preview
+
+    _, out, _ = good_run
+    png, shown, rebuilt = update_preview(str(out), 2, checkpoint=vqgan_checkpoint, frames=1)
+    before = Path(png).read_bytes()
+    assert (shown, rebuilt) == (2, True)
+    assert update_preview(str(out), 2, checkpoint=vqgan_checkpoint, frames=1) == (png, 2, False)
+    assert Path(png).read_bytes() == before
+    # other records shown: rebuilt
+    assert update_preview(str(out), 1, checkpoint=vqgan_checkpoint, frames=1)[1:] == (1, True)
 
 
 def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
@@ -195,3 +212,25 @@ def test_cli_and_module_entry_points(tmp_path, vision_media, vqgan_checkpoint, c
                              "--vqgan", vqgan_checkpoint, "--max-failure-ratio", "0.4"], capture_output=True, text=True)  # fmt: skip
     assert failed.returncode == 1 and "1 of 2 inputs failed" in failed.stderr
     assert len(pq.read_table(next((tmp_path / "o").glob("vision-*.parquet")))) == 1
+
+
+def test_two_fresh_runs_write_the_same_dead_letters(tmp_path, vision_media, damaged_media, vqgan_checkpoint):
+    from lwmkit.schemas.dead_letters import ERROR_CLASSES
+
+    media = tmp_path / "bad"
+    media.mkdir()
+    for name in ("truncated.mp4", "random.mp4", "audio.m4a"):
+        shutil.copy(vision_media[name], media / name)
+    shutil.copy(damaged_media["broken_packet.mp4"], media / "broken_packet.mp4")  # decord fails mid-stream
+    files = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        with pytest.raises(VisionJobFailed, match="4 of 4"):
+            run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "4"))
+        files.append((out / "dead_letters" / "vision.jsonl").read_bytes())
+    assert files[0] == files[1]
+    letters = read_dead_letters(str(tmp_path / "a" / "dead_letters" / "vision.jsonl"))
+    letters = {Path(d.uri).name: d for d in letters}
+    assert all(d.error_class in ERROR_CLASSES for d in letters.values())
+    broken = letters["broken_packet.mp4"]
+    assert broken.error_class == "CorruptMedia" and "mid-stream" in broken.message
+    assert not any(s in broken.message for s in ("/github", ".cc:", " @ 0x", "[1", "[0", "[2"))

@@ -83,7 +83,13 @@ def test_merge_letters_is_sorted_deduplicated_and_replaces_retried_uris():
     ]
     text = merge_letters(old, new + new, frozenset({"a"})).decode()
     lines = [DeadLetter.from_json(line) for line in text.splitlines()]
-    assert [(d.uri, d.message) for d in lines] == [("a", "again"), ("b", "kept"), ("c", "gone")]
+    # undocumented exception types lead the message; their class is a documented one
+    assert [(d.uri, d.message) for d in lines] == [
+        ("a", "ValueError: again"),
+        ("b", "kept"),
+        ("c", "OSError: gone"),
+    ]
+    assert [d.error_class for d in lines] == ["InternalError", "E", "ReadError"]
     assert merge_letters(old, new, frozenset({"a"})) == merge_letters(
         list(reversed(old)), list(reversed(new)), frozenset({"a"})
     )
@@ -106,3 +112,35 @@ def test_write_dead_letters_transform(tmp_path):
             | WriteDeadLetters(out, "demo", replace_uris=["x"])
         )
     assert [d.uri for d in read_existing(dead_letter_path(out, "demo"))] == ["y"]
+
+
+def test_captions_come_from_sidecars_beside_the_media(tmp_path):
+    for name in ("a.mp4", "b.mp4", "c.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a.txt").write_text("A red car turns left.\n", encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps({"caption": "Bikes on a road.", "source": "x"}))
+    by_name = {i.uri.rsplit("/", 1)[1]: i.caption for i in read_inputs(str(tmp_path))}
+    # sidecars are captions, not inputs; a .txt without media of its stem stays an input
+    expected = {
+        "a.mp4": "A red car turns left.",
+        "b.mp4": "Bikes on a road.",
+        "c.png": None,
+        "notes.txt": None,
+    }
+    assert by_name == expected
+    # the glob does not match the sidecars: they are still found beside the media
+    assert read_inputs(str(tmp_path / "*.mp4"))[0].caption == "A red car turns left."
+    (tmp_path / "b.json").write_text('["no object"]')
+    with pytest.raises(ContractError, match=r"b.json: caption sidecar must be an object"):
+        read_inputs(str(tmp_path / "*.mp4"))
+
+
+def test_inputs_take_a_comma_separated_list(tmp_path):
+    for folder, name in (("a", "x.mp4"), ("a", "y.png"), ("b", "z.mp4")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"x")
+    listed = [i.uri for i in read_inputs(f"{tmp_path / 'a' / '*.mp4'}, {tmp_path / 'b'}")]
+    assert listed == [str(tmp_path / "a" / "x.mp4"), str(tmp_path / "b" / "z.mp4")]
+    odd = tmp_path / "c,d.mp4"  # a file whose own name holds a comma is not split
+    odd.write_bytes(b"x")
+    assert [i.uri for i in read_inputs(str(odd))] == [str(odd)]

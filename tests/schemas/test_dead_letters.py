@@ -38,3 +38,45 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, message):
     with pytest.raises(ContractError, match=message) as info:
         read_dead_letters(str(path))
     assert "dead.jsonl:1" in str(info.value)
+
+
+# A mid-stream decord error as decord 0.6 raises it: log times and the build machine's paths.
+DECORD_RAW = (
+    "[14:40:15] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [14:40:15] "
+    "/github/workspace/src/video/ffmpeg/threaded_decoder.cc:218: Check failed: "
+    "avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet."
+)
+
+
+def test_messages_are_normalised_to_stable_text():
+    from lwmkit.schemas.dead_letters import normalise_message
+
+    later = DECORD_RAW.replace("14:40:15", "09:01:59").replace("/github/workspace", "/build/x86_64")
+    assert normalise_message(DECORD_RAW) == normalise_message(later)
+    clean = normalise_message(DECORD_RAW)
+    assert clean.startswith("Check failed:") and clean.endswith("Error sending packet.")
+    assert normalise_message("[h264 @ 0x55d1a2b3c4d5] Invalid NAL size") == "[h264] Invalid NAL size"
+    assert normalise_message("<obj at 0x7f3a2b1c0d9e> gone") == "<obj at 0x?> gone"
+    # what stays: the input's own path, file offsets, numbers
+    kept = "/data/clip.mp4: Element at 0x2394f ending at 0x3d53598ec exceeds its parent"
+    assert normalise_message(kept) == kept
+
+
+def test_error_classes_come_from_the_one_documented_list():
+    from lwmkit.schemas.dead_letters import ERROR_CLASSES, Rejected, error_class_of
+
+    cases = {
+        json.JSONDecodeError("Expecting value", "x", 0): "MalformedInput",
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"): "MalformedInput",
+        FileNotFoundError(2, "No such file"): "ReadError",
+        ContractError("bad", field="x"): "ContractError",
+        Rejected("record has no caption"): "Rejected",
+        KeyError("boom"): "InternalError",
+        type("DECORDError", (RuntimeError,), {})("x"): "InternalError",
+    }
+    for err, expected in cases.items():
+        assert error_class_of(err) == expected, err
+        letter = DeadLetter.from_exception("u", "read", "job", err)
+        assert letter.error_class in ERROR_CLASSES and letter.message
+    assert DeadLetter.from_exception("u", "read", "job", KeyError("boom")).message == "KeyError: 'boom'"
+    assert all(isinstance(v, str) and v for v in ERROR_CLASSES.values())

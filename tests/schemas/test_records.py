@@ -49,7 +49,7 @@ def book_row(index: int = 0) -> dict:
         "text": text,
         "n_tokens": 9,
         "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        "qa": [{"question": "What kind of night?", "answer": "Dark and stormy."}],
+        "qa": [{"question": "What kind of night?", "answer": "Dark and stormy.", "grounding": 0.75}],
         "model": "smollm2",
         "prompt_version": "qa-v1",
         "tokenizer_id": "abc",
@@ -145,6 +145,7 @@ def test_vision_row_invariants(tmp_path, change, field):
         ({"chunk_id": "botchan/1"}, "chunk_id"),
         ({"text": "changed"}, "text_sha256"),
         ({"qa": [{"question": "", "answer": "x"}]}, r"qa\[0\].question"),
+        ({"qa": [{"question": "Why?", "answer": "x", "grounding": 1.5}]}, r"qa\[0\].grounding"),
     ],
 )
 def test_book_row_invariants(tmp_path, change, field):
@@ -156,3 +157,19 @@ def test_ids_are_stable():
     assert vision_record_id("a.mp4", 0, 10) == vision_record_id("a.mp4", 0.0, 10.0)
     assert vision_record_id("a.mp4", 0, 10) != vision_record_id("a.mp4", 10, 20)
     assert chunk_id("b", 7) == "b/000007"
+
+
+def test_book_chunks_of_format_version_1_are_still_read(tmp_path):
+    from lwmkit.schemas.records import QA_PAIR_V1
+
+    v1 = BOOK_CHUNK.upgrades[0][1]
+    schema = pa.schema(list(v1), metadata={b"lwmkit.contract": b"book_chunk", b"lwmkit.format_version": b"1"})
+    old = book_row() | {"qa": [{"question": "What kind of night?", "answer": "Dark and stormy."}]}
+    assert schema.field("qa").type == pa.list_(QA_PAIR_V1)
+    path = _write_raw(tmp_path / "v1.parquet", pa.Table.from_pylist([old], schema=schema))
+    table = read_table(path, BOOK_CHUNK)  # lifted to the current version: grounding unknown
+    assert table.schema.equals(BOOK_CHUNK.schema) and BOOK_CHUNK.version == 2
+    assert table.to_pylist()[0]["qa"] == [{"question": "What kind of night?", "answer": "Dark and stormy.", "grounding": None}]
+    meta = dict(schema.metadata) | {b"lwmkit.format_version": b"3"}
+    with pytest.raises(ContractError, match="format version 3 is not supported .*reads 1, 2"):
+        read_table(_write_raw(tmp_path / "v3.parquet", pa.Table.from_pylist([old], schema=schema.with_metadata(meta))), BOOK_CHUNK)
