@@ -198,53 +198,37 @@ def test_config_errors_are_clear(inputs, tmp_path):
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
-def test_reads_and_writes_a_bucket(tmp_path, botchan, monkeypatch):
+def test_reads_and_writes_a_bucket(tmp_path, botchan, s3_server):
     """Inputs in an S3 bucket (moto's server), shards written to the bucket, read back verified."""
-    import fsspec
-    from moto.server import ThreadedMotoServer
-
     from lwmkit.pack_demo import write_text_sources
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server._server.server_address
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("pack-bucket")
-        local = write_text_sources(tmp_path / "text", botchan, n_docs=20)
-        write_vision_records(tmp_path / "img.parquet", botchan, kind="image", n=10)
-        fs.put(str(local["jsonl"]), "pack-bucket/in/web.jsonl")
-        fs.put(str(tmp_path / "img.parquet"), "pack-bucket/in/img/part-0.parquet")
-        mixture = tmp_path / "m.yaml"
-        mixture.write_text(
-            yaml.safe_dump(
-                {
-                    "sources": [
-                        {"name": "web", "kind": "text", "path": "s3://pack-bucket/in/*.jsonl", "weight": 0.5},
-                        {
-                            "name": "img",
-                            "kind": "image_text",
-                            "path": "s3://pack-bucket/in/img/*.parquet",
-                            "weight": 0.5,
-                        },
-                    ]
-                }
-            )
+    fs = s3_server.fs
+    fs.mkdir("pack-bucket")
+    local = write_text_sources(tmp_path / "text", botchan, n_docs=20)
+    write_vision_records(tmp_path / "img.parquet", botchan, kind="image", n=10)
+    fs.put(str(local["jsonl"]), "pack-bucket/in/web.jsonl")
+    fs.put(str(tmp_path / "img.parquet"), "pack-bucket/in/img/part-0.parquet")
+    mixture = tmp_path / "m.yaml"
+    mixture.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "web", "kind": "text", "path": "s3://pack-bucket/in/*.jsonl", "weight": 0.5},
+                    {
+                        "name": "img",
+                        "kind": "image_text",
+                        "path": "s3://pack-bucket/in/img/*.parquet",
+                        "weight": 0.5,
+                    },
+                ]
+            }
         )
-        manifest = run_pack(str(mixture), 1024, "bucket", "s3://pack-bucket/shards")
-        fs.invalidate_cache()
-        shards = ShardSet.open("s3://pack-bucket/shards")
-        assert shards.manifest == manifest and sum(1 for _ in shards) == manifest.n_sequences > 0
-        assert set(manifest.per_source) == {"web", "img"}
-    finally:
-        server.stop()
+    )
+    manifest = run_pack(str(mixture), 1024, "bucket", "s3://pack-bucket/shards")
+    fs.invalidate_cache()
+    shards = ShardSet.open("s3://pack-bucket/shards")
+    assert shards.manifest == manifest and sum(1 for _ in shards) == manifest.n_sequences > 0
+    assert set(manifest.per_source) == {"web", "img"}
 
 
 def test_cli(inputs, tmp_path, capsys):
