@@ -24,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lwmkit.runtime.config import load_config
 from lwmkit.runtime.progress import step as say
 from lwmkit.runtime.progress import warn
+from lwmkit.schemas import StageConfig, TrainConfig
 
 # The demo's configs: lwmkit/configs/demo in a wheel, configs/demo in a source checkout.
 CONFIG_DIR = next((d for d in (Path(__file__).resolve().parent / "configs" / "demo",
@@ -42,8 +44,9 @@ CAPTIONS = {
 
 @dataclass(frozen=True)
 class StageSpec:
-    name: str
-    seq_len: int
+    """What the demo adds to a stage of its training config (which alone holds seq_len)."""
+
+    name: str  # a stage of the training config
     needle_examples: int  # haystacks of this stage's length
     pack_overrides: tuple[str, ...] = ()  # extra --set for the mixture at this stage
 
@@ -66,11 +69,19 @@ class DemoSize:
     def train_config(self) -> Path:
         return CONFIG_DIR / f"train-{self.name}.yaml"
 
+    def stage_configs(self) -> list[tuple[StageSpec, StageConfig]]:
+        """Each demo stage with its stage of the training config: the one source of seq_len."""
+        stages = {s.name: s for s in load_config(TrainConfig, str(self.train_config)).stages}
+        missing = [s.name for s in self.stages if s.name not in stages]
+        if missing:
+            raise DemoFailed(f"{self.train_config} has no stage(s) {missing}")
+        return [(s, stages[s.name]) for s in self.stages]
+
 
 SIZES = {
     "smallest": DemoSize(
         "smallest", fps=1.0, max_frames=2, book_chars=3000, chunk_tokens=400, qa_pairs=1,
-        stages=(StageSpec("s512", 512, 96), StageSpec("s1k", 1024, 48)),
+        stages=(StageSpec("s512", 96), StageSpec("s1k", 48)),
         eval_lengths=(256, 512, 1024), eval_depths=(0, 50, 100), eval_trials=2, devices=2),
 }
 
@@ -209,23 +220,32 @@ def plot_loss_curves(jsonl: Path, dest: Path) -> None:
     plt.close(fig)
 
 
-def _stage_steps(r: Runner, size: DemoSize) -> None:
-    """Needle data, pack and the audit gate, per stage."""
+def stage_commands(size: DemoSize) -> list[dict[str, list[str]]]:
+    """Per stage, the ``lwmkit`` arguments of its needle data, pack and audit steps. seq_len and
+    the shard folder come from the training config's stage (pack reads them with --train)."""
     mixture = str(CONFIG_DIR / "mixture.yaml")
-    for s in size.stages:
-        made = r.step(f"needle-data-{s.name}", _lwmkit(
-            "needle-data", "--seq-len", str(s.seq_len), "--examples", str(s.needle_examples),
-            "--book", "samples/books/botchan.txt", "--out", f"needles/{s.name}/needles.parquet"))
+    steps = []
+    for s, stage in size.stage_configs():
         sets = ["--set", f"sources.2.path=needles/{s.name}/*.parquet"]
         for o in s.pack_overrides:
             sets += ["--set", o]
-        packed = r.step(f"pack-{s.name}", _lwmkit(
-            "pack", "--mixture", mixture, "--seq-len", str(s.seq_len), "--stage", s.name,
-            "--out", f"shards/{s.name}", *sets), again=made)
-        # The gate: a drifted mixture or a corrupt shard stops the demo before training.
-        r.step(f"audit-{s.name}", _lwmkit(
-            "audit", f"shards/{s.name}", "--report", f"audit/{s.name}.html", "--json", f"audit/{s.name}.json",
-            "--dashboard", f"audit/{s.name}.png", "--runner", "local", "--quiet"), again=packed)
+        steps.append({
+            "needle-data": ["needle-data", "--seq-len", str(stage.seq_len), "--examples", str(s.needle_examples),
+                            "--book", "samples/books/botchan.txt", "--out", f"needles/{s.name}/needles.parquet"],
+            "pack": ["pack", "--mixture", mixture, "--train", str(size.train_config), "--stage", s.name, *sets],
+            # The gate: a drifted mixture or a corrupt shard stops the demo before training.
+            "audit": ["audit", stage.data, "--report", f"audit/{s.name}.html", "--json", f"audit/{s.name}.json",
+                      "--dashboard", f"audit/{s.name}.png", "--runner", "local", "--quiet"],
+        })  # fmt: skip
+    return steps
+
+
+def _stage_steps(r: Runner, size: DemoSize) -> None:
+    """Needle data, pack and the audit gate, per stage."""
+    for s, cmds in zip(size.stages, stage_commands(size), strict=True):
+        made = r.step(f"needle-data-{s.name}", _lwmkit(*cmds["needle-data"]))
+        packed = r.step(f"pack-{s.name}", _lwmkit(*cmds["pack"]), again=made)
+        r.step(f"audit-{s.name}", _lwmkit(*cmds["audit"]), again=packed)
 
 
 def run_demo(out: Path, size: DemoSize) -> DemoResult:
@@ -261,7 +281,8 @@ def run_demo(out: Path, size: DemoSize) -> DemoResult:
                                                    out / "loss_curves.png"), key=key)
     lengths = ",".join(str(n) for n in size.eval_lengths)
     depths = ",".join(str(d) for d in size.eval_depths)
-    for s in (size.stages[0], size.stages[-1]):
+    stages = size.stage_configs()
+    for _, s in (stages[0], stages[-1]):
         r.step(f"needle-eval-{s.name}", _lwmkit(
             "eval", "needle", "--checkpoint", f"checkpoints/{s.name}", "--lengths", lengths, "--depths", depths,
             "--trials", str(size.eval_trials), "--out", f"needle/{s.name}",

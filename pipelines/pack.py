@@ -6,7 +6,10 @@
                         │                 │ (side input)
                         └──────► SampleByMixture ─► Partition ─► PackAndWrite ─► WriteManifest
 
-Run it as ``lwmkit pack --mixture M.yaml --seq-len 32768 --stage s32k --out DIR`` or
+The stage is the one source of the sequence length: ``lwmkit pack --mixture M.yaml --train
+T.yaml --stage s32k`` takes seq_len (and the expected tokenizer/VQGAN ids, and the output folder:
+the stage's ``data``) from stage ``s32k`` of the training config (:func:`stage_target`).
+Without a training config: ``lwmkit pack --mixture M.yaml --seq-len 32768 --stage s32k --out DIR``, or
 ``python -m lwmkit.pipelines.pack --mixture M.yaml --seq_len 32768 --stage s32k --out DIR
 [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]``,
 or from Python with :func:`run_pack`. Same inputs + seed -> byte-identical shards on any
@@ -34,6 +37,7 @@ from lwmkit.pipelines.sequences import fit_example
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.manifest import Manifest, load_manifest
 from lwmkit.schemas.mixture import MixtureConfig
+from lwmkit.schemas.training import TrainConfig
 
 
 class PackOptions(PipelineOptions):
@@ -43,6 +47,7 @@ class PackOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--mixture", default=None, help="Mixture config YAML (local or bucket).")
         parser.add_argument("--seq_len", type=int, default=None, help="The stage's sequence length.")
+        add_flag(parser, "--train", default=None, help="Training config YAML: seq_len etc. come from its --stage.")
         parser.add_argument("--stage", default=None, help="Stage name recorded in the manifest.")
         parser.add_argument("--out", default=None, help="Output folder for shards + manifest.json.")
         add_flag(
@@ -51,6 +56,39 @@ class PackOptions(PipelineOptions):
         parser.add_argument(
             "--set", dest="overrides", action="append", default=[], help="Mixture override key=value."
         )
+
+
+@dataclass(frozen=True)
+class StageTarget:
+    """What a training config's stage fixes for the shards that feed it."""
+
+    stage: str
+    seq_len: int
+    out: str  # the stage's data folder
+    tokenizer_id: str | None  # expected by the run (None: whatever the first manifest says)
+    vqgan_id: str | None
+    source: str  # the training config, for error messages
+
+
+def stage_target(train: str | TrainConfig, stage: str, seq_len: int | None = None,
+                 overrides: Sequence[str] = ()) -> StageTarget:  # fmt: skip
+    """Stage ``stage`` of the training config ``train`` (a YAML path or a config; ``overrides``
+    are its ``--set``). A ``seq_len`` given as well must agree with the stage's."""
+    from lwmkit.runtime.config import load_config
+
+    source = train if isinstance(train, str) else "training config"
+    cfg = load_config(TrainConfig, train, overrides) if isinstance(train, str) else train
+    found = [s for s in cfg.stages if s.name == stage]
+    if not found:
+        names = ", ".join(s.name for s in cfg.stages)
+        raise ContractError(f"has no stage {stage!r} (its stages: {names})", field="stages", source=source)
+    s = found[0]
+    if seq_len is not None and seq_len != s.seq_len:
+        raise ContractError(f"--seq-len {seq_len} differs from stage {stage!r}'s seq_len {s.seq_len} in {source}; "
+                            "the stage is the one source of seq_len: drop --seq-len", field="seq_len", source="pack")  # fmt: skip
+    data = s.data.rstrip("/")
+    out = data.rsplit("/", 1)[0] if data.endswith(".json") and "/" in data else data
+    return StageTarget(s.name, s.seq_len, out, cfg.tokenizer_id, cfg.vqgan_id, source)
 
 
 @dataclass(frozen=True)
@@ -67,7 +105,13 @@ class PackJob:
 
     @classmethod
     def create(
-        cls, mixture: MixtureConfig, seq_len: int, stage: str, out: str, tokenizer: str | None
+        cls,
+        mixture: MixtureConfig,
+        seq_len: int,
+        stage: str,
+        out: str,
+        tokenizer: str | None,
+        target: StageTarget | None = None,
     ) -> PackJob:
         from lwmkit.tokenizers.text import TextTokenizer
 
@@ -76,8 +120,14 @@ class PackJob:
         if not stage or not stage.strip():
             raise ContractError("must not be empty", field="stage")
         tok = TextTokenizer.load(tokenizer)
+        expected = target.tokenizer_id if target else None
+        if expected is not None and tok.id != expected:
+            raise ContractError(f"tokenizer {tok.id} differs from the training config's {expected} "
+                                "(pass the tokenizer the run trains with: --tokenizer)",
+                                field="tokenizer_id", source=target.source)  # fmt: skip
         out = out.rstrip("/")
-        settings = PackSettings(out=out, seq_len=seq_len, mixture=mixture, layout=tok.vocab_layout())
+        settings = PackSettings(out=out, seq_len=seq_len, mixture=mixture, layout=tok.vocab_layout(),
+                                vqgan_id=target.vqgan_id if target else None)  # fmt: skip
         return cls(mixture, seq_len, stage, out, tokenizer, tok.id, settings)
 
 
@@ -186,27 +236,38 @@ def _unwrap(err: BaseException) -> ContractError | None:
 
 def run_pack(
     mixture: str | MixtureConfig,
-    seq_len: int,
+    seq_len: int | None,
     stage: str,
-    out: str,
+    out: str | None,
     *,
     tokenizer: str | None = None,
     overrides: Sequence[str] = (),
     pipeline_args: Sequence[str] = (),
+    target: StageTarget | None = None,
 ) -> Manifest:
     """Pack ``mixture`` (a YAML path or a config) for one stage into ``out``; returns the manifest.
 
+    With ``target`` (a training config's stage: :func:`stage_target`), ``seq_len`` and ``out``
+    may be None: they come from the stage, whose tokenizer/VQGAN ids are then checked too.
     ``pipeline_args`` are Beam flags (``--runner``, ``--direct_num_workers``, ...).
     Raises ContractError for a bad config or input before any shard is written.
     """
     from lwmkit.runtime.config import load_config
     from lwmkit.runtime.progress import step
 
+    if target is not None:
+        if (seq_len is not None and seq_len != target.seq_len) or stage != target.stage:
+            raise ContractError(f"stage {stage!r} / seq_len {seq_len} differ from the target's", field="seq_len")
+        seq_len, out = target.seq_len, out or target.out
+    if seq_len is None:
+        raise ContractError("is required: give --seq-len, or --train with the stage's config", field="seq_len")
+    if not out:
+        raise ContractError("is required: give --out, or --train (the stage's data folder)", field="out")
     if isinstance(mixture, str):
         mixture = load_config(MixtureConfig, mixture, overrides)
     elif overrides:
         raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
-    job = PackJob.create(mixture, seq_len, stage, out, tokenizer)
+    job = PackJob.create(mixture, seq_len, stage, out, tokenizer, target)
     step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
     prepare_output(job.out)
     options = adapt(PipelineOptions(list(pipeline_args)))
@@ -230,7 +291,7 @@ def run(argv: Sequence[str] | None = None) -> Manifest:
     """``python -m lwmkit.pipelines.pack`` entry point."""
     opts = PackOptions(list(argv) if argv is not None else None)
     pack = opts.view_as(PackOptions)
-    missing = [f"--{n}" for n in ("mixture", "seq_len", "stage", "out") if getattr(pack, n) is None]
+    missing = [f"--{n}" for n in ("mixture", "stage") if getattr(pack, n) is None]
     if missing:
         raise ContractError(f"missing required flags: {', '.join(missing)}", source="pack")
     import sys
@@ -245,6 +306,7 @@ def run(argv: Sequence[str] | None = None) -> Manifest:
         tokenizer=pack.tokenizer,
         overrides=pack.overrides,
         pipeline_args=beam_args,
+        target=stage_target(pack.train, pack.stage, pack.seq_len) if pack.train else None,
     )
 
 

@@ -72,6 +72,7 @@ class PackSettings:
     seq_len: int
     mixture: MixtureConfig
     layout: VocabLayout
+    vqgan_id: str | None = None  # expected by the training config (None: any one VQGAN)
 
     @property
     def sequences_per_shard(self) -> int:
@@ -163,6 +164,9 @@ def build_manifest(
             f"vision records come from {len(vqgan)} different VQGANs {vqgan}: pack them apart",
             field="tokenizer_id",
         )
+    if vqgan and settings.vqgan_id is not None and vqgan[0] != settings.vqgan_id:
+        raise ContractError(f"vision records come from VQGAN {vqgan[0]}, the training config expects "
+                            f"{settings.vqgan_id}", field="vqgan_id")  # fmt: skip
     per_source = _token_counts(r.per_source for r in results)
     n_sequences = sum(r.n_sequences for r in results)
     used = sum(c.tokens for c in per_source.values())

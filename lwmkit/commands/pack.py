@@ -1,4 +1,5 @@
-"""``lwmkit pack``: a mixture config + a stage's sequence length -> packed shards + manifest."""
+"""``lwmkit pack``: a mixture config + a stage (of a training config, or a bare seq_len) ->
+packed shards + manifest."""
 
 from __future__ import annotations
 
@@ -8,18 +9,24 @@ import typer
 def pack(
     ctx: typer.Context,
     mixture: str = typer.Option(..., "--mixture", help="Mixture config YAML (local path or bucket URL)."),
+    train: str = typer.Option(
+        None, "--train", help="Training config YAML: seq_len, ids and --out come from its stage --stage."
+    ),
     seq_len: int = typer.Option(
-        ..., "--seq-len", help="The stage's sequence length: every sequence has exactly this many tokens."
+        None, "--seq-len", help="Without --train: every sequence has exactly this many tokens."
     ),
     stage: str = typer.Option(..., "--stage", help="Stage name recorded in the manifest (e.g. chat-32k)."),
     out: str = typer.Option(
-        ..., "--out", help="Output folder (local or gs:// / s3://) for the shards and manifest.json."
+        None, "--out", help="Output folder (local or gs:// / s3://); with --train, default: the stage's data."
     ),
     tokenizer: str = typer.Option(
         None, "--tokenizer", help="SentencePiece .model (default: the shipped one)."
     ),
     overrides: list[str] = typer.Option(  # noqa: B008 - typer reads defaults this way
         None, "--set", help="Override a mixture field: --set seed=3 --set sources.0.weight=2."
+    ),
+    train_overrides: list[str] = typer.Option(  # noqa: B008
+        None, "--train-set", help="Override a training-config field (as lwmkit train --set)."
     ),
     runner: str = typer.Option("DirectRunner", "--runner", help="Beam runner."),
     workers: int = typer.Option(
@@ -28,16 +35,19 @@ def pack(
 ) -> None:
     """Format, sample by mixture and pack the sources into webdataset shards (Apache Beam).
 
-    Extra arguments after the options go to Beam unchanged (e.g. --direct_running_mode=multi_threading).
+    The stage is the one source of seq_len: `--train T.yaml --stage NAME` reads it from the
+    training config (a --seq-len given as well must agree). Extra arguments after the options
+    go to Beam unchanged (e.g. --direct_running_mode=multi_threading).
     """
-    from lwmkit.pipelines.pack import run_pack
+    from lwmkit.pipelines.pack import run_pack, stage_target
 
+    target = stage_target(train, stage, seq_len, train_overrides or ()) if train else None
+    out = out or (target.out if target else None)
     beam_args = [f"--runner={runner}", *ctx.args]
     if workers:
         beam_args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-    manifest = run_pack(
-        mixture, seq_len, stage, out, tokenizer=tokenizer, overrides=overrides or (), pipeline_args=beam_args
-    )
+    manifest = run_pack(mixture, seq_len, stage, out, tokenizer=tokenizer, overrides=overrides or (),
+                        pipeline_args=beam_args, target=target)  # fmt: skip
     shares = {name: c.tokens for name, c in manifest.per_source.items()}
     total = sum(shares.values()) or 1
     typer.echo(

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 # --- audit (issue 7): shard sets written straight from the contracts --------------------------
 # Independent of the pack job, so the audit's recount is checked against a writer that knows
 # exactly what it put in: sources with a modality, an example count and a length range.
 import numpy as np
 import pytest
 
-from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     Manifest,
     PackedMeta,
     SegmentInfo,
     TokenCounts,
     VocabLayout,
-    build_shard,
-    encode_sample,
-    shard_entry,
-    shard_name,
 )
 
 AUDIT_VOCAB = VocabLayout(text_vocab_size=100, bos_id=1, eos_id=2, vision_start_ids=(5,), vision_end_ids=(6,), codes_per_frame=4)
@@ -74,10 +71,11 @@ def _sample(key: str, seq_len: int, segs: list):
     return arrays, PackedMeta(key=key, seq_len=seq_len, segments=tuple(infos))
 
 
-def write_audit_set(root: str, spec: dict, *, seq_len: int = 96, per_shard: int = 4, seed: int = 0,
+def write_audit_set(writer, root: str, spec: dict, *, seq_len: int = 96, per_shard: int = 4, seed: int = 0,
                     weights: dict | None = None) -> Manifest:  # fmt: skip
     """Pack ``spec`` ({source: (modality, n_examples, min_len, max_len)}) next-fit into shards
-    under ``root`` and write a truthful manifest whose mixture declares ``weights``."""
+    under ``root`` and write a truthful manifest whose mixture declares ``weights`` (``writer``:
+    the ``shard_set_writer`` fixture)."""
     sequences, current = [], []
     for ex in _examples(spec, seed):
         if sum(len(s[3]) for s in current) + len(ex[3]) > seq_len:
@@ -92,40 +90,33 @@ def write_audit_set(root: str, spec: dict, *, seq_len: int = 96, per_shard: int 
             for table, key in ((per_source, name), (per_modality, modality)):
                 c = table.get(key, TokenCounts())
                 table[key] = TokenCounts(c.examples + 1, c.tokens + len(ids), c.loss_tokens + len(loss_at), c.vision_tokens + int(vm.sum()))
-    entries = []
-    for s in range(0, len(sequences), per_shard):
-        samples = [encode_sample(*_sample(f"s-{i:06d}", seq_len, sequences[i])) for i in range(s, min(s + per_shard, len(sequences)))]
-        data = build_shard(samples)
-        write_atomic(f"{root}/{shard_name(len(entries))}", data)
-        entries.append(shard_entry(shard_name(len(entries)), data, len(samples)))
+    samples = [_sample(f"s-{i:06d}", seq_len, seq) for i, seq in enumerate(sequences)]
     used = sum(c.tokens for c in per_source.values())
     kinds = {"text": "text", "image": "image_text", "video": "video_text"}
     weights = weights or {name: float(c.tokens) for name, c in per_source.items()}
     mixture = {"seed": seed, "sources": [{"name": n, "kind": kinds[spec[n][0]], "path": f"in/{n}/*", "weight": w} for n, w in weights.items()]}
-    manifest = Manifest(
-        stage="audit-test", seq_len=seq_len, seed=seed, tokenizer_id="t" * 64, vqgan_id=None, vocab=AUDIT_VOCAB,
-        mixture=mixture, loss_weighting="per_example", vision_loss_weight=0.5, text_loss_weight=0.5,
+    return writer(
+        root, samples, per_shard=per_shard,
+        stage="audit-test", seq_len=seq_len, seed=seed, tokenizer_id="t" * 64, vocab=AUDIT_VOCAB, mixture=mixture,
         n_sequences=len(sequences), padding_tokens=len(sequences) * seq_len - used,
         packing_efficiency=used / (len(sequences) * seq_len), per_source=per_source, per_modality=per_modality,
-        shards=tuple(entries),
     )  # fmt: skip
-    write_atomic(f"{root}/manifest.json", manifest.to_json().encode())
-    return manifest
 
 
 AUDIT_SPEC = {"web": ("text", 30, 8, 40), "pics": ("image", 12, 12, 24), "clips": ("video", 8, 20, 40)}
 
 
 @pytest.fixture
-def audit_set(tmp_path):
+def audit_set(tmp_path, shard_set_writer):
     """A truthful 3-source shard set (text, image, video) whose mixture matches what it holds."""
     root = str(tmp_path / "set")
-    return root, write_audit_set(root, AUDIT_SPEC)
+    return root, write_audit_set(shard_set_writer, root, AUDIT_SPEC)
 
 
 @pytest.fixture
-def audit_set_writer():
-    return write_audit_set
+def audit_set_writer(shard_set_writer):
+    """``(root, spec, **options) -> Manifest``: :func:`write_audit_set`."""
+    return functools.partial(write_audit_set, shard_set_writer)
 
 def _write_pack_inputs(root, botchan: str) -> dict[str, str]:
     """Real inputs for the pack job: two text corpora (Botchan, in 6-line documents) and

@@ -71,33 +71,17 @@ def test_beam_job_gives_the_local_recount(audit_set):
 
 
 @pytest.mark.slow
-def test_audit_reads_a_bucket(tmp_path, audit_set_writer, monkeypatch):
-    import fsspec
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server._server.server_address
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("audit-bucket")
-        audit_set_writer(
-            "s3://audit-bucket/stage", {"web": ("text", 12, 8, 30), "pics": ("image", 6, 12, 20)}, per_shard=1
-        )
-        fs.invalidate_cache()
-        assert audit("s3://audit-bucket/stage").exit_code == EXIT_OK
-        fs.rm("s3://audit-bucket/stage/shard-00001.tar")
-        result = audit("s3://audit-bucket/stage/manifest.json")
-        assert [f.subject for f in result.errors("missing_shard")] == ["shard-00001.tar"]
-    finally:
-        server.stop()
+def test_audit_reads_a_bucket(tmp_path, audit_set_writer, s3_server):
+    fs = s3_server.fs
+    fs.mkdir("audit-bucket")
+    audit_set_writer(
+        "s3://audit-bucket/stage", {"web": ("text", 12, 8, 30), "pics": ("image", 6, 12, 20)}, per_shard=1
+    )
+    fs.invalidate_cache()
+    assert audit("s3://audit-bucket/stage").exit_code == EXIT_OK
+    fs.rm("s3://audit-bucket/stage/shard-00001.tar")
+    result = audit("s3://audit-bucket/stage/manifest.json")
+    assert [f.subject for f in result.errors("missing_shard")] == ["shard-00001.tar"]
 
 
 @given(st.lists(st.integers(0, 3_000_000), max_size=60), st.lists(st.integers(0, 3_000_000), max_size=60))

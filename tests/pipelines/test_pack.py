@@ -198,53 +198,37 @@ def test_config_errors_are_clear(inputs, tmp_path):
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
-def test_reads_and_writes_a_bucket(tmp_path, botchan, monkeypatch):
+def test_reads_and_writes_a_bucket(tmp_path, botchan, s3_server):
     """Inputs in an S3 bucket (moto's server), shards written to the bucket, read back verified."""
-    import fsspec
-    from moto.server import ThreadedMotoServer
-
     from lwmkit.pack_demo import write_text_sources
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server._server.server_address
-        for k, v in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": f"http://{host}:{port}"})
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("pack-bucket")
-        local = write_text_sources(tmp_path / "text", botchan, n_docs=20)
-        write_vision_records(tmp_path / "img.parquet", botchan, kind="image", n=10)
-        fs.put(str(local["jsonl"]), "pack-bucket/in/web.jsonl")
-        fs.put(str(tmp_path / "img.parquet"), "pack-bucket/in/img/part-0.parquet")
-        mixture = tmp_path / "m.yaml"
-        mixture.write_text(
-            yaml.safe_dump(
-                {
-                    "sources": [
-                        {"name": "web", "kind": "text", "path": "s3://pack-bucket/in/*.jsonl", "weight": 0.5},
-                        {
-                            "name": "img",
-                            "kind": "image_text",
-                            "path": "s3://pack-bucket/in/img/*.parquet",
-                            "weight": 0.5,
-                        },
-                    ]
-                }
-            )
+    fs = s3_server.fs
+    fs.mkdir("pack-bucket")
+    local = write_text_sources(tmp_path / "text", botchan, n_docs=20)
+    write_vision_records(tmp_path / "img.parquet", botchan, kind="image", n=10)
+    fs.put(str(local["jsonl"]), "pack-bucket/in/web.jsonl")
+    fs.put(str(tmp_path / "img.parquet"), "pack-bucket/in/img/part-0.parquet")
+    mixture = tmp_path / "m.yaml"
+    mixture.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "web", "kind": "text", "path": "s3://pack-bucket/in/*.jsonl", "weight": 0.5},
+                    {
+                        "name": "img",
+                        "kind": "image_text",
+                        "path": "s3://pack-bucket/in/img/*.parquet",
+                        "weight": 0.5,
+                    },
+                ]
+            }
         )
-        manifest = run_pack(str(mixture), 1024, "bucket", "s3://pack-bucket/shards")
-        fs.invalidate_cache()
-        shards = ShardSet.open("s3://pack-bucket/shards")
-        assert shards.manifest == manifest and sum(1 for _ in shards) == manifest.n_sequences > 0
-        assert set(manifest.per_source) == {"web", "img"}
-    finally:
-        server.stop()
+    )
+    manifest = run_pack(str(mixture), 1024, "bucket", "s3://pack-bucket/shards")
+    fs.invalidate_cache()
+    shards = ShardSet.open("s3://pack-bucket/shards")
+    assert shards.manifest == manifest and sum(1 for _ in shards) == manifest.n_sequences > 0
+    assert set(manifest.per_source) == {"web", "img"}
 
 
 def test_cli(inputs, tmp_path, capsys):
@@ -307,3 +291,56 @@ def test_a_source_without_usable_examples_names_its_reasons_and_writes_its_rejec
     letters = read_dead_letters(str(out / "dead_letters.jsonl"))
     assert len(letters) == 3 and all(d.error_class == "Rejected" and "caption" in d.message for d in letters)
     assert not (out / "manifest.json").exists()
+
+
+def _train_yaml(tmp_path: Path, **top) -> Path:
+    """A training config with two stages whose data folders sit under ``tmp_path``."""
+    config = {
+        "model": {"text_vocab_size": 8000, "vision_vocab_size": 8448, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                  "mlp_dim": 64},
+        "checkpoint": {"dir": str(tmp_path / "ck")},
+        "stages": [
+            {"name": "short", "seq_len": 512, "rope_theta": 1e4, "steps": 1, "batch_size": 1,
+             "data": str(tmp_path / "shards" / "short")},
+            {"name": "long", "seq_len": 1024, "rope_theta": 4e4, "steps": 1, "batch_size": 1,
+             "data": str(tmp_path / "shards" / "long" / "manifest.json")},
+        ],
+        **top,
+    }  # fmt: skip
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_stage_is_the_one_source_of_seq_len(inputs, tmp_path, capsys):
+    from lwmkit.cli import main
+    from lwmkit.pipelines.pack import stage_target
+
+    train = _train_yaml(tmp_path)
+    main(["pack", "--mixture", str(inputs), "--train", str(train), "--stage", "long"])
+    manifest = ShardSet.open(str(tmp_path / "shards" / "long")).manifest  # the stage's data folder
+    assert manifest.stage == "long" and manifest.seq_len == 1024
+    assert "x 1024 in" in capsys.readouterr().out
+    # --seq-len alone still works; with --train it must agree with the stage
+    assert stage_target(str(train), "short", 512).seq_len == 512
+    with pytest.raises(ContractError, match=r"--seq-len 2048 differs from stage 'short'.s seq_len 512"):
+        stage_target(str(train), "short", 2048)
+    with pytest.raises(ContractError, match=r"has no stage 'mid' \(its stages: short, long\)"):
+        stage_target(str(train), "mid")
+    with pytest.raises(ContractError, match="field 'seq_len': is required"):
+        run_pack(str(inputs), None, "x", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_pack_refuses_a_tokenizer_the_training_config_does_not_train_with(inputs, tmp_path):
+    import subprocess
+
+    train = _train_yaml(tmp_path, tokenizer_id="ab" * 32)
+    bad = subprocess.run(["lwmkit", "pack", "--mixture", str(inputs), "--train", str(train), "--stage", "short",
+                          "--seq-len", "512"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "field 'tokenizer_id': tokenizer" in bad.stderr
+    assert "differs from the training config's abab" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "shards" / "short").exists()  # refused before anything was written
+    clash = subprocess.run(["lwmkit", "pack", "--mixture", str(inputs), "--train", str(train), "--stage", "short",
+                            "--seq-len", "1024"], capture_output=True, text=True)  # fmt: skip
+    assert clash.returncode == 2 and "drop --seq-len" in clash.stderr

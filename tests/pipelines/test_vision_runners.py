@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,12 +14,6 @@ from lwmkit.pipelines.vision import run
 
 pytestmark = pytest.mark.slow
 INPUTS = ("image.png", "wide.mp4", "random.mp4")  # two good, one bad: dead letters cross runners too
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _local_rows(out) -> dict[str, list]:
@@ -43,26 +36,18 @@ def reference(tmp_path_factory, vision_media, vqgan_checkpoint):
 
 
 @pytest.fixture
-def s3_server():
-    """moto's S3-compatible server on loopback, with credentials that exist only for it."""
+def media_bucket(s3_server):
+    """Bucket ``media`` on the shared S3 server; (endpoint, boto3 client)."""
     boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                          region_name="us-east-1")  # fmt: skip
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")  # fmt: skip
     client.create_bucket(Bucket="media")
-    try:
-        yield endpoint, client
-    finally:
-        server.stop()
+    return s3_server.endpoint, client
 
 
-def test_multiprocess_direct_runner_on_an_s3_bucket(reference, s3_server, vqgan_checkpoint):
+def test_multiprocess_direct_runner_on_an_s3_bucket(reference, media_bucket, vqgan_checkpoint):
     media, ref_out = reference
-    endpoint, client = s3_server
+    endpoint, client = media_bucket
     for name in INPUTS:
         client.upload_file(str(media / name), "media", f"in/{name}")
     s3 = ["--s3_endpoint_url", endpoint, "--s3_access_key_id", "test", "--s3_secret_access_key", "test",

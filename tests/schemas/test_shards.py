@@ -14,29 +14,26 @@ from lwmkit.schemas import (
     VocabLayout,
     build_shard,
     encode_sample,
-    shard_entry,
     shard_name,
 )
 
 
-def write_set(root: str, make_packed, n_shards: int = 2, per_shard: int = 3) -> Manifest:
-    entries, n = [], 0
-    for s in range(n_shards):
-        samples = [encode_sample(*make_packed(key=f"s-{s * per_shard + i:06d}")) for i in range(per_shard)]
-        data = build_shard(samples)
-        write_atomic(f"{root}/{shard_name(s)}", data)
-        entries.append(shard_entry(shard_name(s), data, per_shard))
-        n += per_shard
-    per = TokenCounts(examples=2 * n, tokens=9 * n, loss_tokens=5 * n, vision_tokens=2 * n)
-    manifest = Manifest(
-        stage="tiny", seq_len=12, seed=0, tokenizer_id="t", vqgan_id=None,
-        vocab=VocabLayout(text_vocab_size=100, bos_id=1, eos_id=2, vision_start_ids=(5,), vision_end_ids=(6,)),
-        mixture={}, loss_weighting="per_example", vision_loss_weight=0.5, text_loss_weight=0.5,
-        n_sequences=n, padding_tokens=3 * n, packing_efficiency=0.75,
-        per_source={"all": per}, per_modality={"text": per}, shards=tuple(entries),
-    )  # fmt: skip
-    write_atomic(f"{root}/manifest.json", manifest.to_json().encode())
-    return manifest
+@pytest.fixture
+def write_set(shard_set_writer, make_packed):
+    """``(root, n_shards=2, per_shard=3) -> Manifest``: a valid set of ``make_packed`` samples."""
+
+    def write(root: str, n_shards: int = 2, per_shard: int = 3) -> Manifest:
+        n = n_shards * per_shard
+        per = TokenCounts(examples=2 * n, tokens=9 * n, loss_tokens=5 * n, vision_tokens=2 * n)
+        return shard_set_writer(
+            root, [make_packed(key=f"s-{i:06d}") for i in range(n)], per_shard=per_shard,
+            stage="tiny", seq_len=12, tokenizer_id="t",
+            vocab=VocabLayout(text_vocab_size=100, bos_id=1, eos_id=2, vision_start_ids=(5,), vision_end_ids=(6,)),
+            n_sequences=n, padding_tokens=3 * n, packing_efficiency=0.75, per_source={"all": per},
+            per_modality={"text": per},
+        )  # fmt: skip
+
+    return write
 
 
 def test_same_samples_give_the_same_bytes(make_packed):
@@ -45,9 +42,9 @@ def test_same_samples_give_the_same_bytes(make_packed):
 
 
 @pytest.mark.parametrize("scheme", ["file", "memory"])
-def test_write_and_read_back(tmp_path, make_packed, scheme):
+def test_write_and_read_back(tmp_path, make_packed, write_set, scheme):
     root = str(tmp_path / "set") if scheme == "file" else "memory://lwmkit-test/set"
-    write_set(root, make_packed)
+    write_set(root)
     shards = ShardSet.open(root)
     got = list(shards)
     assert len(got) == 6
@@ -60,16 +57,16 @@ def test_write_and_read_back(tmp_path, make_packed, scheme):
     assert ShardSet.open(f"{root}/manifest.json").manifest == shards.manifest
 
 
-def test_webdataset_reads_our_shards(tmp_path, make_packed):
+def test_webdataset_reads_our_shards(tmp_path, write_set):
     import webdataset as wds
 
-    write_set(str(tmp_path), make_packed, n_shards=1)
+    write_set(str(tmp_path), n_shards=1)
     keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / shard_name(0)), shardshuffle=False)]
     assert keys == ["s-000000", "s-000001", "s-000002"]
 
 
-def test_tampered_missing_and_short_shards_are_named(tmp_path, make_packed):
-    write_set(str(tmp_path), make_packed)
+def test_tampered_missing_and_short_shards_are_named(tmp_path, write_set):
+    write_set(str(tmp_path))
     path = tmp_path / shard_name(1)
     data = bytearray(path.read_bytes())
     data[600] ^= 0xFF

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     ContractError,
     Manifest,
@@ -16,10 +15,6 @@ from lwmkit.schemas import (
     ShardSet,
     TokenCounts,
     VocabLayout,
-    build_shard,
-    encode_sample,
-    shard_entry,
-    shard_name,
 )
 from lwmkit.trainer.data import BatchPlan, ShardReader, epoch_permutation, global_batch, local_pieces
 
@@ -42,30 +37,22 @@ def _row(i: int, seq_len: int) -> tuple[dict, PackedMeta]:
     return arrays, meta
 
 
-def write_shard_set(root: str, n_rows: int, seq_len: int, per_shard: int) -> Manifest:
-    entries, i = [], 0
-    for s in range(-(-n_rows // per_shard)):
-        samples = [encode_sample(*_row(j, seq_len)) for j in range(i, min(i + per_shard, n_rows))]
-        data = build_shard(samples)
-        write_atomic(f"{root}/{shard_name(s)}", data)
-        entries.append(shard_entry(shard_name(s), data, len(samples)))
-        i += len(samples)
+def write_rows(writer, root: str, n_rows: int, seq_len: int, per_shard: int) -> Manifest:
+    """Rows ``0..n_rows-1`` (:func:`_row`) as a shard set, written by the ``shard_set_writer`` fixture."""
     tokens = n_rows * (seq_len - 3)
     counts = TokenCounts(examples=n_rows, tokens=tokens, loss_tokens=n_rows * (seq_len - 4))
-    manifest = Manifest(
-        stage="t", seq_len=seq_len, seed=0, tokenizer_id="tok", vqgan_id=None,
+    return writer(
+        root, [_row(i, seq_len) for i in range(n_rows)], per_shard=per_shard,
+        stage="t", seq_len=seq_len, tokenizer_id="tok",
         vocab=VocabLayout(text_vocab_size=8000, bos_id=1, eos_id=2, vision_start_ids=(5,), vision_end_ids=(6,)),
-        mixture={}, loss_weighting="per_example", vision_loss_weight=0.5, text_loss_weight=0.5,
         n_sequences=n_rows, padding_tokens=3 * n_rows, packing_efficiency=tokens / (n_rows * seq_len),
-        per_source={"web": counts}, per_modality={"text": counts}, shards=tuple(entries),
-    )
-    write_atomic(f"{root}/manifest.json", manifest.to_json().encode())
-    return manifest
+        per_source={"web": counts}, per_modality={"text": counts},
+    )  # fmt: skip
 
 
 @pytest.fixture
-def shard_set(tmp_path):
-    write_shard_set(str(tmp_path), n_rows=10, seq_len=16, per_shard=3)
+def shard_set(tmp_path, shard_set_writer):
+    write_rows(shard_set_writer, str(tmp_path), n_rows=10, seq_len=16, per_shard=3)
     return ShardSet.open(str(tmp_path))
 
 
@@ -107,8 +94,8 @@ def test_prefetch_serves_the_same_batches(shard_set):
             assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_corrupt_shard_is_refused(tmp_path):
-    write_shard_set(str(tmp_path), n_rows=4, seq_len=16, per_shard=2)
+def test_corrupt_shard_is_refused(tmp_path, shard_set_writer):
+    write_rows(shard_set_writer, str(tmp_path), n_rows=4, seq_len=16, per_shard=2)
     path = tmp_path / "shard-00001.tar"
     raw = bytearray(path.read_bytes())
     raw[600] ^= 0xFF
@@ -127,10 +114,10 @@ def test_bad_layout_and_empty_plan_are_refused(shard_set):
         BatchPlan(0, "t", "x", 0, 2)
 
 
-def test_reader_reads_buckets(tmp_path):
+def test_reader_reads_buckets(tmp_path, shard_set_writer):
     """fsspec URLs work the same as local paths (memory:// stands in for a bucket here;
     the s3:// path is exercised against moto's server in the training tests)."""
-    write_shard_set("memory://lwm-bucket/set", n_rows=5, seq_len=16, per_shard=2)
+    write_rows(shard_set_writer, "memory://lwm-bucket/set", n_rows=5, seq_len=16, per_shard=2)
     shards = ShardSet.open("memory://lwm-bucket/set/manifest.json")
     plan = BatchPlan(0, "t", shards.manifest.sha256, 5, 5)
     with ShardReader(shards, plan, prefetch=1) as reader:

@@ -8,9 +8,6 @@ subprocess that prints one JSON line; the tests assert on it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -83,11 +80,8 @@ def _multidevice_cases() -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def multidevice() -> dict[str, dict[str, float]]:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def multidevice(run_on_devices) -> dict[str, dict[str, float]]:
+    return run_on_devices(__file__, 8)  # this file's __main__ on 8 emulated devices
 
 
 @pytest.mark.slow

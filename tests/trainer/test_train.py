@@ -154,24 +154,10 @@ def test_mismatched_manifest_is_refused(shards, tmp_path):
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch):
-    """An S3-compatible server (moto's) on loopback; fsspec in this process and in the CLI
-    subprocesses reaches it through FSSPEC_S3_ENDPOINT_URL, as a user's MinIO would."""
-    import fsspec
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server._server.server_address
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    fs = fsspec.filesystem("s3", endpoint_url=f"http://{host}:{port}", skip_instance_cache=True)
-    fs.mkdir("train-bucket")
-    try:
-        yield fs
-    finally:
-        server.stop()
+def s3_bucket(s3_server):
+    """Bucket ``train-bucket`` on the shared S3 server (the CLI subprocesses reach it too)."""
+    s3_server.fs.mkdir("train-bucket")
+    return s3_server.fs
 
 
 @pytest.mark.slow

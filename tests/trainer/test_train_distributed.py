@@ -47,11 +47,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_shards(root: Path) -> None:
+def _write_shards(root: Path, writer) -> None:
     spec = importlib.util.spec_from_file_location("_lwm_test_data", Path(__file__).with_name("test_data.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.write_shard_set(str(root), n_rows=10, seq_len=16, per_shard=3)
+    module.write_rows(writer, str(root), n_rows=10, seq_len=16, per_shard=3)
 
 
 def test_config_from_flags_and_env():
@@ -66,8 +66,8 @@ def test_config_from_flags_and_env():
 
 
 @pytest.mark.slow
-def test_two_processes_share_one_global_batch(tmp_path):
-    _write_shards(tmp_path)
+def test_two_processes_share_one_global_batch(tmp_path, shard_set_writer):
+    _write_shards(tmp_path, shard_set_writer)
     port = _free_port()
     procs = []
     for pid in range(2):
