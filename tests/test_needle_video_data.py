@@ -196,3 +196,24 @@ def test_bad_inputs_are_refused(tmp_path: Path, vision_records: list[str]):
             ]
         )
     assert err.value.code == 2
+
+
+def test_proof_configs_match_the_format(tok: TextTokenizer):
+    """configs/video-needle-proof/: the mixture asks the eval's question; each stage's seq_len
+    holds its frames (16 / 32 / 64; tiny 4 / 8); every stage has its needle data."""
+    import yaml
+
+    from lwmkit.runtime.config import load_config
+    from lwmkit.schemas import MixtureConfig, TrainConfig
+    from lwmkit.trainer.needle_video import frames_per_length
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "video-needle-proof"
+    mixture = load_config(MixtureConfig, str(root / "mixture.yaml"))
+    assert mixture.sources[0].prompt == QUESTION and mixture.sources[0].understanding_share == 1.0
+    for train, needles, frames in (("train.yaml", "needles.yaml", [16, 32, 64, 64]),
+                                   ("train-tiny.yaml", "needles-tiny.yaml", [4, 8])):  # fmt: skip
+        cfg = load_config(TrainConfig, str(root / train))
+        assert frames_per_length(tok, tuple(s.seq_len for s in cfg.stages), 1) == frames
+        assert cfg.model.vision_vocab_size == tok.vocab_layout().vision_vocab_size
+        spec = yaml.safe_load((root / needles).read_text())
+        assert set(spec["stages"]) == {s.name for s in cfg.stages}
