@@ -265,10 +265,10 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
     im = ax.imshow(acc, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     ticks = [_k(n) for n in report.lengths]
     if report.frames:  # video: the frames each length holds
-        ticks = [f"{t}\n{f} frames" for t, f in zip(ticks, report.frames, strict=True)]
+        ticks = [f"{t} ({f} fr)" for t, f in zip(ticks, report.frames, strict=True)]
     ax.set_xticks(range(len(report.lengths)), ticks)
     ax.set_yticks(range(len(report.depths)), [f"{d:g}%" for d in report.depths])
-    ax.set_xlabel("context length (tokens)")
+    ax.set_xlabel("context length, tokens (frames)" if report.frames else "context length (tokens)")
     ax.set_ylabel("needle depth")
     trials = _trials(report)  # [depths, lengths]
     for (i, j), v in np.ndenumerate(acc):
@@ -278,13 +278,15 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
         beyond = "" if edge < len(report.lengths) - 1 else ", every column within it"
         ax.axvline(edge, color="black", linestyle="--", linewidth=1.5,
                    label=f"trained context {_k(report.trained_seq_len)}{beyond}")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=8, frameon=False)
+        # at the figure's foot, below the axis label, however few depths the grid has
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure, fontsize=8,
+                  frameon=False)
     per_cell = sorted({int(n) for n in trials.flat if n})
     n_label = f"{per_cell[0]} trials per cell" if len(per_cell) == 1 else "n trials per cell as marked"
     ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)}), {n_label}",
                  fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="digit accuracy" if digits else "exact retrieval")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 if report.trained_seq_len else 0, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
