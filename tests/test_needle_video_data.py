@@ -217,3 +217,14 @@ def test_proof_configs_match_the_format(tok: TextTokenizer):
         assert cfg.model.vision_vocab_size == tok.vocab_layout().vision_vocab_size
         spec = yaml.safe_load((root / needles).read_text())
         assert set(spec["stages"]) == {s.name for s in cfg.stages}
+
+
+def test_needles_need_the_records_vqgan(vision_records: list[str], tok: TextTokenizer, vqgan):
+    import dataclasses
+
+    from lwmkit.schemas.errors import ContractError
+
+    pool = read_pool(vision_records, tok.vocab_layout())
+    other = dataclasses.replace(vqgan, id="0" * 64)  # the same weights under another id: another VQGAN
+    with pytest.raises(ContractError, match="same --vqgan"):
+        build_rows(VideoNeedleConfig(2048, 1), pool, tok, other)

@@ -125,9 +125,13 @@ def _video(model, tok, grid, records: str, vqgan: str | None, mesh, kv_cache: bo
 
     from lwmkit.needle_video_data import read_pool
     from lwmkit.runtime.progress import bar, step
+    from lwmkit.schemas import ContractError
     from lwmkit.tokenizers import vqgan as vq
     from lwmkit.trainer.needle_video import build_video_cases, evaluate_video, frames_per_length
 
+    if not model.config.vision_vocab_size:  # fail before reading records and tokenizing needles
+        raise ContractError("the model has no vision vocabulary (vision_vocab_size 0): it cannot read video",
+                            field="vision_vocab_size", source=model.path)
     fs, _, paths = fsspec.get_fs_token_paths(records)
     if not paths:
         raise typer.BadParameter(f"--records: no files match {records!r}")

@@ -84,22 +84,25 @@ def test_multi_needle_scoring_and_recall_by_needle(botchan: str, tok: TextTokeni
     assert s["modality"] == "text"
 
 
-def _vision_checkpoint(root: Path, tok: TextTokenizer) -> Path:
-    """A real trainer checkpoint of a tiny vision model (random weights)."""
+def _vision_checkpoint(root: Path, tok: TextTokenizer, **model: int) -> Path:
+    """A real trainer checkpoint of a tiny vision model (random weights; ``model`` overrides fields)."""
+    from dataclasses import replace
+
     from lwmkit.schemas import CheckpointConfig, StageConfig, TrainConfig
     from lwmkit.trainer.convert_checkpoint import write_checkpoint
     from lwmkit.trainer.model import init_params
 
     stage = StageConfig(name="v2k", seq_len=2048, rope_theta=10000.0, data="unused", steps=1, batch_size=1)
-    cfg = TrainConfig(model=TINY_VISION, stages=(stage,), checkpoint=CheckpointConfig(dir=str(root)))
-    params = init_params(TINY_VISION, jax.random.PRNGKey(0))
+    config = replace(TINY_VISION, **model)
+    cfg = TrainConfig(model=config, stages=(stage,), checkpoint=CheckpointConfig(dir=str(root)))
+    params = init_params(config, jax.random.PRNGKey(0))
     write_checkpoint(
         str(root), cfg, params, [{"stage": "v2k", "tokenizer_id": tok.id}], note="random init", step=1
     )
     return root / "v2k"
 
 
-def test_eval_cli_video_end_to_end(tmp_path: Path, vision_records: list[str], tok: TextTokenizer):
+def test_eval_cli_video_end_to_end(tmp_path: Path, vision_records: list[str], tok: TextTokenizer, capsys):
     from lwmkit.cli import main
 
     ckpt = _vision_checkpoint(tmp_path / "ck", tok)
@@ -141,7 +144,12 @@ def test_eval_cli_video_end_to_end(tmp_path: Path, vision_records: list[str], to
     assert all(r["prompt_tokens"] < r["length"] and r["n_frames"] in (3, 6) for r in rows)
     for name in ("needle_heatmap.png", "needle_digits_heatmap.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # video without its records: one clear error
+    # a text-only model cannot read video; video without its records: one clear error each
+    text_only = _vision_checkpoint(tmp_path / "ck-text", tok, vision_vocab_size=0)
+    with pytest.raises(SystemExit) as err:
+        main(["eval", "needle", "--modality", "video", "--checkpoint", str(text_only), "--records", records,
+              "--frames", "3", "--depths", "0", "--trials", "1", "--out", str(tmp_path / "t")])  # fmt: skip
+    assert err.value.code == 2 and "no vision vocabulary" in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
         main(
             ["eval", "needle", "--checkpoint", str(ckpt), "--modality", "video", "--out", str(tmp_path / "o")]
