@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "video-needle-proof"
 # (train config, needles config, eval frames, trials, depths, vision fps, frames per clip)
 MODES = {
-    "full": ("train.yaml", "needles.yaml", "8,16,32,64", 20, "0,25,50,75,100", 4.0, 64),
+    "full": ("train.yaml", "needles.yaml", "8,16,32,64", 20, "0,25,50,75,100", 8.0, 64),  # ~170 pool frames
     "tiny": ("train-tiny.yaml", "needles-tiny.yaml", "2,4,8", 1, "0,100", 1.0, 8),
 }
 
