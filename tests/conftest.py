@@ -153,3 +153,19 @@ def run_on_devices() -> Callable[[str, int], Any]:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     return run
+
+
+# ----------------------------------------------------------------------------- vision records
+@pytest.fixture(scope="session")
+def vision_records(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The real vision job's records of two sample clips (1 fps, up to 8 frames each), with the
+    shipped VQGAN: the haystack frames of the video needle tests."""
+    from lwmkit.pipelines.vision import run
+
+    media = tmp_path_factory.mktemp("needle_media")
+    for name in ("bigbuckbunny.mp4", "bikes.mp4"):
+        (media / name).symlink_to(sample_dir / "videos" / name)
+    out = tmp_path_factory.mktemp("needle_records") / "records"
+    run(["--inputs", str(media / "*.mp4"), "--output", str(out), "--record_shards", "1", "--fps", "1",
+         "--max_frames", "8"])
+    return [str(p) for p in sorted(out.glob("vision-*.parquet"))]

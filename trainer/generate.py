@@ -130,10 +130,9 @@ def _cached_decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id:
     net = build_model(model.config, model.rope_theta, mesh)
     prefill, step = net.clone(kv_cache="prefill"), net.clone(kv_cache="step")
 
-    def run(params, ids, seg, pos, end):
+    def run(params, ids, vis, seg, pos, end):
         b = ids.shape[0]
-        hidden, cache = prefill.apply({"params": params}, ids, jnp.zeros(ids.shape, bool), pos, seg,
-                                      mutable=["cache"])
+        hidden, cache = prefill.apply({"params": params}, ids, vis, pos, seg, mutable=["cache"])
         ids, done = _put_next(params, _at_slot(hidden, end - 1), ids, end, jnp.zeros((b,), bool), eos_id)
 
         def cond(state):
@@ -161,9 +160,8 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
 
     net = build_model(model.config, model.rope_theta, mesh)
 
-    def run(params, ids, seg, pos, end):
+    def run(params, ids, vis, seg, pos, end):
         b = ids.shape[0]
-        vision = jnp.zeros(ids.shape, bool)
 
         def cond(state):
             t, _, done = state
@@ -171,7 +169,7 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
 
         def body(state):
             t, ids, done = state
-            hidden = net.apply({"params": params}, ids, vision, pos, seg)
+            hidden = net.apply({"params": params}, ids, vis, pos, seg)  # generated slots are text: vis False
             ids, done = _put_next(params, _at_slot(hidden, t - 1), ids, t, done, eos_id)
             return t + 1, ids, done
 
@@ -182,20 +180,24 @@ def _decoder(model: LoadedModel, mesh: Mesh | None, max_new: int, eos_id: int):
 
 
 def _jit(run, model: LoadedModel, mesh: Mesh | None):
-    """``run(params, ids, seg, pos, end)`` compiled: params as the mesh's rules shard them,
+    """``run(params, ids, vis, seg, pos, end)`` compiled: params as the mesh's rules shard them,
     the int buffers replicated (the model shards its activations itself)."""
     if mesh is None:  # params placed by load_model are committed: jit follows them
         return jax.jit(run)
     from lwmkit.trainer.mesh import param_shardings
 
     whole = NamedSharding(mesh, P())
-    return jax.jit(run, in_shardings=(param_shardings(model.params, mesh), whole, whole, whole, None),
+    return jax.jit(run, in_shardings=(param_shardings(model.params, mesh), whole, whole, whole, whole, None),
                    out_shardings=whole)
 
 
 def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: int, eos_id: int, pad_id: int = 0,
-                    mesh: Mesh | None = None, block: int = 128, kv_cache: bool = True) -> list[list[int]]:
+                    mesh: Mesh | None = None, block: int = 128, kv_cache: bool = True,
+                    vision: list[list[bool]] | None = None) -> list[list[int]]:
     """Greedy continuations (up to ``max_new`` tokens, cut after EOS) of each prompt.
+
+    ``vision``: per prompt, true where its token is a vision id (codes and end-of-frame markers,
+    as the pack job's vision mask); None = text prompts. Generated tokens are always text.
 
     Decodes with a KV cache (sharded over ``sp`` when ``mesh`` has a sequence axis > 1: the
     prefill is ring attention). ``kv_cache=False`` decodes with a full pass per token instead
@@ -207,13 +209,19 @@ def greedy_generate(model: LoadedModel, prompts: list[list[int]], *, max_new: in
     end = max(len(p) for p in prompts)
     length = _buffer_length(end, max_new, sp * block if end + max_new > block else sp)
     ids, seg, pos, end = left_pad(prompts, length, pad_id)
+    vis = np.zeros(ids.shape, bool)
+    if vision is not None:
+        if len(vision) != len(prompts) or any(len(v) != len(p) for v, p in zip(vision, prompts, strict=False)):
+            raise ValueError("one vision mask per prompt, as long as its prompt")
+        for i, v in enumerate(vision):
+            vis[i, end - len(v):end] = v
     cached = bool(kv_cache)
     key = (id(mesh), max_new, eos_id, cached)
     if key not in model.decoders:
         model.decoders[key] = (_cached_decoder if cached else _decoder)(model, mesh, max_new, eos_id)
     fn = model.decoders[key]
-    out = np.asarray(jax.device_get(fn(model.params, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos),
-                                       jnp.int32(end))))
+    out = np.asarray(jax.device_get(fn(model.params, jnp.asarray(ids), jnp.asarray(vis), jnp.asarray(seg),
+                                       jnp.asarray(pos), jnp.int32(end))))
     replies = []
     for row in out[:, end:end + max_new]:
         row = row.tolist()

@@ -50,14 +50,39 @@ class NeedleGrid:
 
 @dataclass
 class NeedleCase:
+    """One question. ``asked`` are the numbers the reply must hold, in order (text: the one
+    needle asked, ``needle_index`` of the haystack's asked needles; video: every needle, in the
+    order they appear); ``found[k]`` says whether ``asked[k]`` is in the reply."""
+
     length: int
     depth: float
     trial: int
-    needle: Needle
+    needle: Needle  # the needle at the cell's depth (text: the one asked)
     prompt: list[int] = field(repr=False)
     reply: str = ""
     correct: bool = False
     digits: float = 0.0  # digit_score of the reply
+    asked: tuple[str, ...] = ()
+    needle_index: int = 0
+    vision: list[bool] | None = field(default=None, repr=False)  # the prompt's vision mask (video)
+    frames: tuple[int, ...] = ()  # video: the needle frames' indices among the prompt's frames
+    n_frames: int = 0  # video: frames in the prompt
+    answer_tokens: int = 0  # tokens reserved for the reply (its EOS included)
+    found: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.asked = self.asked or (self.needle.number,)
+
+    def score(self, reply: str) -> None:
+        """Score ``reply``: ``correct`` iff every asked number appears, in the asked order (one
+        number: LWM's criterion); ``found`` per number; ``digits`` the mean partial credit of the
+        reply's digit runs against the asked numbers, position by position."""
+        self.reply = reply
+        self.found = [n in reply for n in self.asked]
+        at = [reply.find(n) for n in self.asked]
+        self.correct = all(self.found) and at == sorted(at)
+        runs = re.findall(r"\d+", reply)
+        self.digits = float(np.mean([_digits(runs[k] if k < len(runs) else "", n) for k, n in enumerate(self.asked)]))
 
 
 def answer_budget(tok: TextTokenizer, needle: Needle) -> int:
@@ -99,8 +124,10 @@ def build_cases(hay: Haystack, grid: NeedleGrid) -> list[NeedleCase]:
                 rng = np.random.default_rng([grid.seed, length, int(depth * 100), trial])
                 needles = draw_needles(rng, grid.needles)
                 asked = needles[: grid.retrieve]
-                for needle, prompt in zip(asked, _case_prompts(hay, length, depth, needles, rng, asked), strict=True):
-                    cases.append(NeedleCase(length, depth, trial, needle, prompt))
+                prompts = _case_prompts(hay, length, depth, needles, rng, asked)
+                for k, (needle, prompt) in enumerate(zip(asked, prompts, strict=True)):
+                    cases.append(NeedleCase(length, depth, trial, needle, prompt, needle_index=k,
+                                            answer_tokens=answer_budget(hay.tok, needle)))
     return cases
 
 
@@ -114,10 +141,11 @@ def digit_score(reply: str, needle: Needle) -> float:
     right, position by position (1.0 iff the run is exactly the number). Shows retrieval that
     is under way before exact retrieval is (e.g. the right digits, in the wrong order)."""
     runs = re.findall(r"\d+", reply)
-    if not runs:
-        return 0.0
-    got = runs[0]
-    return sum(a == b for a, b in zip(got, needle.number, strict=False)) / len(needle.number)
+    return _digits(runs[0] if runs else "", needle.number)
+
+
+def _digits(got: str, number: str) -> float:
+    return sum(a == b for a, b in zip(got, number, strict=False)) / len(number)
 
 
 @dataclass
@@ -133,6 +161,8 @@ class NeedleReport:
     retrieve: int = 1
     seconds: float = 0.0
     digit_accuracy: list[list[float]] = field(default_factory=list)  # partial credit per cell
+    modality: str = "text"
+    frames: list[int] = field(default_factory=list)  # video: frames per length (needles included)
 
     @property
     def overall(self) -> float:
@@ -144,7 +174,32 @@ class NeedleReport:
                 "overall": self.overall, "digit_accuracy": self.digit_accuracy,
                 "digits_overall": float(np.mean([c.digits for c in self.cases])) if self.cases else 0.0,
                 "needles": self.needles, "retrieve": self.retrieve,
-                "cases": len(self.cases), "seconds": round(self.seconds, 1)}
+                "cases": len(self.cases), "seconds": round(self.seconds, 1), "modality": self.modality,
+                **({"frames": self.frames} if self.frames else {}),
+                "recall_by_needle": recall_by_needle(self.cases, self.retrieve),
+                "recall": self._recall_grid(), "cell_counts": _trials(self).T.tolist()}
+
+    def _recall_grid(self) -> list[list[float]]:
+        """Per cell, the mean share of asked numbers found (text: equals the accuracy)."""
+        out = []
+        for length in self.lengths:
+            row = []
+            for depth in self.depths:
+                got = [f for c in self.cases if c.length == length and c.depth == depth for f in c.found]
+                row.append(float(np.mean(got)) if got else float("nan"))
+            out.append(row)
+        return out
+
+
+def recall_by_needle(cases: list[NeedleCase], retrieve: int) -> list[float]:
+    """Recall of the k-th asked needle, k = 0..retrieve-1 (LWM's multi-needle report): text asks
+    each needle in its own case (``needle_index``), video asks them all in one (``found[k]``)."""
+    hits: list[list[bool]] = [[] for _ in range(retrieve)]
+    for c in cases:
+        for j, f in enumerate(c.found):
+            if c.needle_index + j < retrieve:
+                hits[c.needle_index + j].append(f)
+    return [float(np.mean(h)) if h else float("nan") for h in hits]
 
 
 def score(cases: list[NeedleCase], grid: NeedleGrid, what: str = "correct") -> list[list[float]]:
@@ -165,29 +220,34 @@ def evaluate(model, tok: TextTokenizer, hay: Haystack, grid: NeedleGrid, *, mesh
     ``greedy_generate``); ``on_batch(n_done)`` reports progress."""
     import time
 
-    from lwmkit.trainer.generate import greedy_generate
-
     t0 = time.perf_counter()
-    cases = build_cases(hay, grid)
-    max_new = max(answer_budget(tok, c.needle) for c in cases) + 4
-    for length in grid.lengths:  # one buffer shape per length: one compile each
-        group = [c for c in cases if c.length == length]
-        for i in range(0, len(group), grid.batch_size):
-            batch = group[i: i + grid.batch_size]
-            prompts = [c.prompt for c in batch]
-            prompts += [prompts[-1]] * (grid.batch_size - len(batch))  # a fixed batch shape
-            replies = greedy_generate(model, prompts, max_new=max_new, eos_id=tok.eos_id, pad_id=tok.pad_id, mesh=mesh,
-                                      kv_cache=kv_cache)
-            for c, r in zip(batch, replies, strict=False):
-                c.reply = tok.decode(r)
-                c.correct = is_correct(c.reply, c.needle)
-                c.digits = digit_score(c.reply, c.needle)
-            if on_batch:
-                on_batch(len(batch))
+    cases = run_cases(model, tok, build_cases(hay, grid), grid, mesh=mesh, on_batch=on_batch, kv_cache=kv_cache)
     return NeedleReport(list(grid.lengths), list(grid.depths), score(cases, grid), cases,
                         checkpoint=model.path, stage=model.stage, trained_seq_len=model.seq_len,
                         needles=grid.needles, retrieve=grid.retrieve, seconds=time.perf_counter() - t0,
                         digit_accuracy=score(cases, grid, "digits"))
+
+
+def run_cases(model, tok: TextTokenizer, cases: list[NeedleCase], grid: NeedleGrid, *, mesh=None, on_batch=None,
+              kv_cache: bool = True) -> list[NeedleCase]:
+    """Decode every case greedily (batches of ``grid.batch_size``, one buffer shape per length)
+    and score its reply; returns ``cases``."""
+    from lwmkit.trainer.generate import greedy_generate
+
+    max_new = max(c.answer_tokens for c in cases) + 4
+    for length in grid.lengths:  # one buffer shape per length: one compile each
+        group = [c for c in cases if c.length == length]
+        for i in range(0, len(group), grid.batch_size):
+            batch = group[i: i + grid.batch_size]
+            pad = [batch[-1]] * (grid.batch_size - len(batch))  # a fixed batch shape
+            vision = None if batch[0].vision is None else [c.vision for c in batch + pad]
+            replies = greedy_generate(model, [c.prompt for c in batch + pad], max_new=max_new, eos_id=tok.eos_id,
+                                      pad_id=tok.pad_id, mesh=mesh, kv_cache=kv_cache, vision=vision)
+            for c, r in zip(batch, replies, strict=False):
+                c.score(tok.decode(r))
+            if on_batch:
+                on_batch(len(batch))
+    return cases
 
 
 def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, digits: bool = False) -> None:
@@ -203,9 +263,12 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
     cmap = LinearSegmentedColormap.from_list("needle", ["#d7191c", "#fdae61", "#a6d96a", "#1a9641"])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.9 * len(report.lengths)), 1.0 + 0.45 * len(report.depths)))
     im = ax.imshow(acc, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(report.lengths)), [_k(n) for n in report.lengths])
+    ticks = [_k(n) for n in report.lengths]
+    if report.frames:  # video: the frames each length holds
+        ticks = [f"{t} ({f} fr)" for t, f in zip(ticks, report.frames, strict=True)]
+    ax.set_xticks(range(len(report.lengths)), ticks)
     ax.set_yticks(range(len(report.depths)), [f"{d:g}%" for d in report.depths])
-    ax.set_xlabel("context length (tokens)")
+    ax.set_xlabel("context length, tokens (frames)" if report.frames else "context length (tokens)")
     ax.set_ylabel("needle depth")
     trials = _trials(report)  # [depths, lengths]
     for (i, j), v in np.ndenumerate(acc):
@@ -215,13 +278,15 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
         beyond = "" if edge < len(report.lengths) - 1 else ", every column within it"
         ax.axvline(edge, color="black", linestyle="--", linewidth=1.5,
                    label=f"trained context {_k(report.trained_seq_len)}{beyond}")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.38), fontsize=8, frameon=False)
+        # at the figure's foot, below the axis label, however few depths the grid has
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure, fontsize=8,
+                  frameon=False)
     per_cell = sorted({int(n) for n in trials.flat if n})
     n_label = f"{per_cell[0]} trials per cell" if len(per_cell) == 1 else "n trials per cell as marked"
     ax.set_title(title or f"needle retrieval, stage {report.stage} (trained at {_k(report.trained_seq_len)}), {n_label}",
                  fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="digit accuracy" if digits else "exact retrieval")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 if report.trained_seq_len else 0, 1, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
@@ -256,7 +321,10 @@ def write_report(report: NeedleReport, out_dir: str, title: str | None = None) -
     with open(paths["cases"], "w") as f:
         for c in report.cases:
             row = {"length": c.length, "depth": c.depth, "trial": c.trial, "needle": asdict(c.needle),
-                   "prompt_tokens": len(c.prompt), "reply": c.reply, "correct": c.correct, "digits": c.digits}
+                   "prompt_tokens": len(c.prompt), "reply": c.reply, "correct": c.correct, "digits": c.digits,
+                   "asked": list(c.asked), "found": c.found, "needle_index": c.needle_index}
+            if c.vision is not None:
+                row.update(n_frames=c.n_frames, needle_frames=list(c.frames))
             f.write(json.dumps(row) + "\n")
     plot_heatmap(report, paths["heatmap"], title)
     plot_heatmap(report, paths["digits_heatmap"], (title + " (digits)") if title else None, digits=True)

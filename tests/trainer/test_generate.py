@@ -195,3 +195,30 @@ def test_every_mesh_decodes_with_a_cache_sharded_like_its_activations_and_agrees
     for name in ("none", "tp2", "sp2", "sp4", "sp2tp2"):
         assert lines[name].startswith("[True]"), lines  # cached
     assert lines["sp4-uncached"].startswith("[False]")
+
+
+def test_vision_prompts_decode_with_their_mask():
+    """Prompts holding vision ids (a video needle prompt): the mask, left-padded with the prompt,
+    reaches both decoders and the first reply token equals a plain forward pass with that mask."""
+    model = _model(SMALL, init_params(SMALL, jax.random.PRNGKey(2)), False)
+    rng = np.random.default_rng(3)
+    prompts, masks = [], []
+    for n in (17, 6):
+        mask = np.zeros(n, bool)
+        mask[2 : n - 2] = True  # text, a vision run, text: the needle prompt's shape
+        ids = np.where(mask, rng.integers(0, 40, n), rng.integers(3, 96, n))
+        prompts.append(ids.tolist())
+        masks.append(mask.tolist())
+    cached = greedy_generate(model, prompts, max_new=6, eos_id=2, block=16, vision=masks)
+    full = greedy_generate(model, prompts, max_new=6, eos_id=2, block=16, vision=masks, kv_cache=False)
+    assert cached == full
+    as_text = greedy_generate(model, prompts, max_new=6, eos_id=2, block=16)
+    assert as_text != cached  # the mask matters: vision ids are another embedding
+    net = LWMModel(SMALL, 10000.0)
+    for ids, mask, reply in zip(prompts, masks, cached, strict=True):
+        x = jnp.asarray([ids])
+        text, _ = net.apply({"params": model.params}, x, jnp.asarray([mask]), jnp.arange(len(ids))[None],
+                            jnp.ones_like(x), method=LWMModel.logits)  # fmt: skip
+        assert reply[0] == int(jnp.argmax(text[0, -1]))
+    with pytest.raises(ValueError, match="vision mask"):
+        greedy_generate(model, prompts, max_new=2, eos_id=2, vision=masks[:1])
