@@ -36,12 +36,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from lwmkit.pipelines.book_io import DEAD, NAMESPACE, RawBook, ReadBooks, dead_letter
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, clean_book
 from lwmkit.pipelines.options import add_flag
-from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
+from lwmkit.pipelines.qa_client import DEFAULT_MAX_REPLY_BYTES, RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
 from lwmkit.progress import step
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
+
+
+class BooksJobFailed(RuntimeError):
+    """The QA endpoint is unreachable, or more chunks failed than ``--max_failure_ratio`` allows."""
+
 
 COUNTERS = (
     "books_read",
@@ -49,6 +54,7 @@ COUNTERS = (
     "chunks_done",
     "chunks_cached",
     "chunks_failed",
+    "chunks_unreachable",
     "qa_pairs",
     "qa_requests",
     "qa_retries",
@@ -106,7 +112,24 @@ class BooksOptions(PipelineOptions):
         add("--qa_pairs", type=int, default=3, help="QA pairs asked per chunk.")
         add("--qa_max_tokens", type=int, default=256, help="max_tokens per reply.")
         add("--qa_temperature", type=float, default=0.0, help="Sampling temperature of the first attempt.")
-        add("--qa_timeout", type=float, default=120.0, help="Seconds to wait for one reply.")
+        add(
+            "--qa_timeout",
+            type=float,
+            default=120.0,
+            help="Deadline of one request in seconds: connect, send and the whole reply together.",
+        )
+        add(
+            "--qa_max_reply_bytes",
+            type=int,
+            default=DEFAULT_MAX_REPLY_BYTES,
+            help="A reply body longer than this is cut off (a retryable failure).",
+        )
+        add(
+            "--max_failure_ratio",
+            type=float,
+            default=0.1,
+            help="Exit non-zero when more than this share of chunks is dead-lettered (outputs are still written).",
+        )
         add(
             "--qa_max_attempts",
             type=int,
@@ -189,6 +212,7 @@ def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -
         return QAClientConfig(
             endpoint=endpoint, model=model, api_key_env=o.qa_api_key_env,
             max_in_flight=o.qa_max_in_flight or (2 if embedded else 4), timeout_s=o.qa_timeout,
+            max_reply_bytes=o.qa_max_reply_bytes,
             max_attempts=o.qa_max_attempts, backoff_base_s=o.qa_backoff, n_pairs=o.qa_pairs,
             max_tokens=o.qa_max_tokens, temperature=o.qa_temperature,
             # llama-cpp-python's server takes json_object + schema; no need to probe it.
@@ -251,6 +275,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _require(o.chunk_tokens >= 16, "--chunk_tokens", f"must be >= 16, got {o.chunk_tokens}")
     _require(o.num_shards >= 1, "--num_shards", "must be >= 1")
     _require(not (o.qa_endpoint and not o.qa_model), "--qa_model", "is required with --qa_endpoint")
+    _require(0.0 <= o.max_failure_ratio <= 1.0, "--max_failure_ratio", "must be in [0, 1]")
     cache = (
         None
         if (o.qa_cache or "").lower() == "none"
@@ -278,7 +303,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{n['chunks_failed']} failed; {n['qa_pairs']} QA pairs; {n['qa_requests']} requests, {n['qa_retries']} retries "
         f"→ {o.output} (dead letters in dead_letters.jsonl)"
     )
+    _judge(n, o.max_failure_ratio, summary["endpoint"], FileSystems.join(o.output, "dead_letters.jsonl"))
     return summary
+
+
+def _judge(n: dict[str, int], max_failure_ratio: float, endpoint: str, dead_letters: str) -> None:
+    """Raise BooksJobFailed when no request reached the endpoint, or too many chunks failed."""
+    answered = n["chunks_done"] - n["chunks_cached"]
+    if n["chunks_failed"] and n["chunks_unreachable"] == n["chunks_failed"] and not answered:
+        raise BooksJobFailed(
+            f"QA endpoint {endpoint} is unreachable: {n['chunks_failed']} chunks dead-lettered with "
+            f"connection failures; see {dead_letters}"
+        )
+    attempted = n["chunks_done"] + n["chunks_failed"]
+    ratio = n["chunks_failed"] / attempted if attempted else 0.0
+    if ratio > max_failure_ratio:
+        raise BooksJobFailed(
+            f"{n['chunks_failed']} of {attempted} chunks failed QA ({ratio:.0%} > max_failure_ratio "
+            f"{max_failure_ratio:.0%}); see {dead_letters}"
+        )
 
 
 def help_text() -> str:
