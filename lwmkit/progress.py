@@ -57,3 +57,26 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             advance()
+
+
+def crash_log(job: str, err: BaseException, log_dir: str | None = None) -> str:
+    """Write ``err``'s full traceback to ``log_dir/JOB-crash-<time>-<pid>.log`` (default: the temp
+    folder) and return that path, so a failure can be one line on the terminal and whole in a file."""
+    import os
+    import tempfile
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    name = f"{job}-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    for folder in (log_dir, tempfile.gettempdir()):
+        if not folder:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(trace)
+            return path
+        except OSError:
+            continue  # the job's own folder may be what failed: fall back to the temp folder
+    return "(no writable log folder)"

@@ -30,6 +30,7 @@ from lwmkit.pipelines.audit_stats import Histogram, Recount, ShardCheck
 from lwmkit.progress import bar, step
 from lwmkit.schemas import (
     MANIFEST_NAME,
+    PACKED_ARRAYS,
     ContractError,
     Manifest,
     MixtureConfig,
@@ -37,11 +38,14 @@ from lwmkit.schemas import (
     decode_sample,
     from_dict,
 )
+from lwmkit.schemas.packed import META_KEY
 
 if TYPE_CHECKING:
     from lwmkit.pipelines.audit_compare import AuditResult
 
 _CHUNK = 1 << 20
+_MEMBERS = frozenset([META_KEY, *(f"{name}.npy" for name in PACKED_ARRAYS)])
+_NO_SEQ_LEN_CAP = 256 << 20  # per member, when a broken manifest gives no seq_len to size it by
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ def open_shard_set(path: str) -> ShardSetRef:
         raise ContractError(
             "manifest not found (is this a packed shard set?)", source=manifest_path
         ) from None
+    except OSError as err:  # permissions, a bucket that refuses us: the input is unusable
+        message = f"manifest cannot be read ({type(err).__name__}: {err})"
+        raise ContractError(message, source=manifest_path) from None
     try:
         m = Manifest.from_json(text, source=manifest_path)
     except ContractError as err:
@@ -148,9 +155,17 @@ class _HashingReader:
             pass
 
 
-def _stream_samples(reader: _HashingReader) -> Iterator[dict[str, bytes]]:
-    """Raw webdataset samples from a tar read as a stream (members in order, nothing seeks)."""
-    current: dict[str, bytes] | None = None
+def member_cap(seq_len: int | None) -> int:
+    """Largest member a sample of ``seq_len`` can need (a meta.json of seq_len one-token segments)."""
+    return (64 << 10) + 256 * seq_len if seq_len else _NO_SEQ_LEN_CAP
+
+
+def _stream_samples(reader: _HashingReader, cap: int = _NO_SEQ_LEN_CAP) -> Iterator[dict]:
+    """Raw webdataset samples from a tar read as a stream (members in order, nothing seeks).
+
+    Only the members a packed sample has are read, and only up to ``cap`` bytes each; any other
+    member is skipped unread and listed under ``__refused__`` as ``(name, size, why)``."""
+    current: dict | None = None
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
@@ -160,6 +175,10 @@ def _stream_samples(reader: _HashingReader) -> Iterator[dict[str, bytes]]:
                 yield current
                 current = None
             current = current or {"__key__": key}
+            if ext not in _MEMBERS or member.size > cap:
+                why = "not a packed-sample member" if ext not in _MEMBERS else f"over the {cap}-byte cap"
+                current.setdefault("__refused__", []).append((member.name, member.size, why))
+                continue  # the stream skips its bytes without keeping them
             current[ext] = tar.extractfile(member).read()
     if current is not None:
         yield current
@@ -200,16 +219,17 @@ def _count_stream(
     rc: Recount, check: ShardCheck, reader: _HashingReader, ref: ShardSetRef, path: str, cap: int
 ) -> None:
     try:
-        for raw in _stream_samples(reader):
+        for raw in _stream_samples(reader, member_cap(ref.seq_len)):
             check.n_samples += 1
             where = f"{path}:{raw['__key__']}"
-            try:
-                arrays, meta = decode_sample(raw, source=where)
+            if raw.get("__refused__"):
+                name, size, why = raw["__refused__"][0]
+                check.problem(f"invalid sample: {where}: member {name} ({size} bytes) {why}; not read", cap)
+                continue
+            try:  # the manifest's seq_len bounds every array before it is allocated
+                arrays, meta = decode_sample(raw, source=where, seq_len=ref.seq_len)
             except ContractError as err:
                 check.problem(f"invalid sample: {err}", cap)
-                continue
-            if ref.seq_len is not None and meta.seq_len != ref.seq_len:
-                check.problem(f"{where}: seq_len {meta.seq_len}, manifest says {ref.seq_len}", cap)
                 continue
             count_sample(rc, arrays, meta, ref.end_markers)
     except (tarfile.TarError, EOFError, ValueError, ContractError) as err:

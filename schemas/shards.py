@@ -136,7 +136,7 @@ class ShardSet:
         count = 0
         for raw in iter_tar_samples(self.read_shard_bytes(index, verify=verify), source=path):
             count += 1
-            yield decode_sample(raw, source=f"{path}:{raw['__key__']}")
+            yield decode_sample(raw, source=f"{path}:{raw['__key__']}", seq_len=self.manifest.seq_len)
         expected = self.manifest.shards[index].n_samples
         if count != expected:
             raise ContractError(f"holds {count} samples, manifest says {expected}", field="n_samples", source=path)

@@ -155,6 +155,48 @@ def lwmkit(
     )
 
 
+@pytest.fixture(scope="session")
+def packed_set(tmp_path_factory: pytest.TempPathFactory, botchan: str) -> dict[str, Path]:
+    """A real shard set made by ``lwmkit pack`` from the demo inputs (seq_len 512), once per session;
+    copy it before changing it."""
+    from lwmkit.pipelines.pack_demo import write_demo_mixture
+
+    root = tmp_path_factory.mktemp("hostile-packed")
+    mixture = write_demo_mixture(root / "demo", botchan)
+    out = root / "shards"
+    proc = lwmkit("pack", "--mixture", str(mixture), "--seq-len", "512", "--stage", "s512", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"shards": out, "mixture": mixture}
+
+
+def tamper(
+    set_dir: Path, shard: int, edit: Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]
+) -> str:
+    """Rewrite shard ``shard`` of a set with ``edit`` applied to its ``[(member name, bytes)]`` and make
+    the manifest agree (size, sha256): the hostile content is all that is wrong. Returns the shard name."""
+    import hashlib
+    import io
+    import tarfile
+
+    manifest_path = set_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["shards"][shard]
+    path = set_dir / entry["name"]
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in edit(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    path.write_bytes(data)
+    entry["size_bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return entry["name"]
+
+
 @pytest.fixture
 def hk():
     """The helpers above, for test modules (conftest modules are not importable by name)."""
@@ -168,4 +210,5 @@ def hk():
         files_leaking=files_leaking,
         lwmkit=lwmkit,
         unescape_all=unescape_all,
+        tamper=tamper,
     )
