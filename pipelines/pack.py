@@ -190,7 +190,8 @@ def run_pack(
     Raises ContractError for a bad config or input before any shard is written.
     """
     from lwmkit.config import load_config
-    from lwmkit.progress import step
+    from lwmkit.progress import step, warn
+    from lwmkit.runtime.lease import lease_output
 
     if isinstance(mixture, str):
         mixture = load_config(MixtureConfig, mixture, overrides)
@@ -198,16 +199,18 @@ def run_pack(
         raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
     job = PackJob.create(mixture, seq_len, stage, out, tokenizer)
     step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
-    prepare_output(job.out)
-    options = PipelineOptions(list(pipeline_args))
-    try:
-        with beam.Pipeline(options=options) as p:
-            build(p, job)
-    except Exception as err:
-        found = _unwrap(err)
-        if found is not None:
-            raise found from None
-        raise
+    # One writer per set: two runs in one folder would delete each other's shards.
+    with lease_output(job.out, "lwmkit pack", note=warn):
+        prepare_output(job.out)
+        options = PipelineOptions(list(pipeline_args))
+        try:
+            with beam.Pipeline(options=options) as p:
+                build(p, job)
+        except Exception as err:
+            found = _unwrap(err)
+            if found is not None:
+                raise found from None
+            raise
     manifest = load_manifest(f"{job.out}/manifest.json")
     step(
         f"pack: {manifest.n_sequences} sequences in {len(manifest.shards)} shards, "

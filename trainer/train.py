@@ -11,6 +11,7 @@ parameters are restored onto the new stage's mesh.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,18 +143,29 @@ def _logger(cfg: TrainConfig) -> TrainLogger:
 def train(cfg: TrainConfig) -> list[StageResult]:
     """Run (or resume) every stage of ``cfg`` in order."""
     plans = plan_stages(cfg)
-    logger = _logger(cfg)
-    for line in describe(plans):
-        logger.event(line)
-    results, global_step, prev = [], 0, None
-    try:
-        for plan in plans:
-            results.append(run_stage(cfg, plan, prev, logger, global_step))
-            global_step += plan.steps
-            prev = plan
-    finally:
-        logger.close()
+    with _checkpoint_lease(cfg):
+        logger = _logger(cfg)
+        for line in describe(plans):
+            logger.event(line)
+        results, global_step, prev = [], 0, None
+        try:
+            for plan in plans:
+                results.append(run_stage(cfg, plan, prev, logger, global_step))
+                global_step += plan.steps
+                prev = plan
+        finally:
+            logger.close()
     return results
+
+
+def _checkpoint_lease(cfg: TrainConfig) -> AbstractContextManager:
+    """One run per checkpoint folder (held by process 0: the hosts of one run share it)."""
+    from lwmkit.progress import warn
+    from lwmkit.runtime.lease import lease_output
+
+    if jax.process_index() != 0:
+        return nullcontext()
+    return lease_output(cfg.checkpoint.dir, "lwmkit train", note=warn)
 
 
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:

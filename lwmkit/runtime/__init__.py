@@ -1,0 +1,1 @@
+"""Machinery every job shares at run time (output-folder leases, ...)."""
