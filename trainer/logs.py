@@ -118,6 +118,28 @@ class TrainLogger:
             self._jsonl.write(json.dumps({"time": time.time(), "event": message, **fields}, sort_keys=True) + "\n")
             self._jsonl.flush()
 
+    def rewind(self, stage: str, step: int) -> None:
+        """Forget ``stage``'s step records after ``step`` (a resume runs those steps again), so
+        ``train.jsonl`` never holds a step twice. The file is rewritten whole, then renamed."""
+        if not self.is_main:
+            return
+        path = os.path.join(self.log_dir, "train.jsonl")
+        self._jsonl.close()
+        kept = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a kill
+                if not (rec.get("stage") == stage and "event" not in rec and rec.get("step", 0) > step):
+                    kept.append(json.dumps(rec, sort_keys=True) + "\n")
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -15,6 +15,10 @@ def train(
     num_processes: int = typer.Option(None, "--num-processes", help="Multi-host: number of processes (or LWMKIT_NUM_PROCESSES)."),
     process_id: int = typer.Option(None, "--process-id", help="Multi-host: this process's id (or LWMKIT_PROCESS_ID)."),
     auto_distributed: bool = typer.Option(False, "--distributed-auto", help="Let JAX detect the cluster (TPU pod, SLURM, MPI)."),
+    allow_resume_changes: bool = typer.Option(
+        False, "--allow-resume-changes",
+        help="Resume even though seed, optimizer or data differ from the checkpoint's (recorded in the lineage).",
+    ),  # fmt: skip
 ) -> None:
     """Train stage by stage: each stage's shards checked against it, checkpoints with exact resume.
 
@@ -44,7 +48,7 @@ def train(
         return
     from lwmkit.trainer.train import train as run
 
-    for result in run(cfg):
+    for result in run(cfg, allow_resume_changes=allow_resume_changes):
         state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
         typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")
 
