@@ -240,7 +240,9 @@ class _CheckedArray(np.ndarray):
 
     def __setstate__(self, state: Any) -> None:
         if not (isinstance(state, tuple) and len(state) == 5):
-            raise pickle.UnpicklingError("ndarray state is not numpy's (version, shape, dtype, fortran, data)")
+            raise pickle.UnpicklingError(
+                "ndarray state is not numpy's (version, shape, dtype, fortran, data)"
+            )
         _, shape, dtype, _, data = state
         count = _element_count(shape)
         if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
@@ -307,7 +309,10 @@ def _plain_tree(obj: Any, source: str, path: str = "", depth: int = 0) -> Any:
         raise ContractError(f"nests deeper than {MAX_TREE_DEPTH} levels (or holds itself); not a params tree",
                             field=path.split("/", 1)[0] or "<root>", source=source)  # fmt: skip
     if isinstance(obj, dict):
-        return {str(k): _plain_tree(v, source, f"{path}/{k}" if path else str(k), depth + 1) for k, v in obj.items()}
+        return {
+            str(k): _plain_tree(v, source, f"{path}/{k}" if path else str(k), depth + 1)
+            for k, v in obj.items()
+        }
     if isinstance(obj, np.ndarray) and obj.dtype.kind in "fiu" and obj.dtype != object:
         return obj.view(np.ndarray)  # the checked subclass back to a plain array (no copy)
     raise ContractError(
@@ -322,7 +327,16 @@ def read_lwm_pickle(path: str) -> dict:
         tree = RestrictedUnpickler(io.BytesIO(blob)).load()
     except pickle.UnpicklingError as err:
         raise ContractError(f"unsafe or malformed pickle: {err}", source=path) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, RecursionError) as err:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+    ) as err:
         raise ContractError(f"is not a readable pickle ({type(err).__name__}: {err})", source=path) from None
     if isinstance(tree, dict) and set(tree) == {"params"}:
         tree = tree["params"]  # tolerate a tree saved with Flax's top-level key
