@@ -14,7 +14,7 @@ import sys
 import typer
 
 from lwmkit import __version__, commands
-from lwmkit.progress import error
+from lwmkit.progress import crash_log, describe_io_failure, error
 from lwmkit.schemas import ContractError
 
 app = typer.Typer(
@@ -67,7 +67,13 @@ def main(argv: list[str] | None = None) -> None:
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
-        raise
+        failure = describe_io_failure(err)
+        if failure is None:
+            raise
+        # A full disk, a read-only folder, a file where a folder should be: one line; the trace in a log.
+        command = next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), "lwmkit")
+        error(f"{failure}; full trace in {crash_log(command, err)}")
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

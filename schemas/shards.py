@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import posixpath
 import tarfile
 import uuid
@@ -61,14 +62,27 @@ def _fs(path: str):
 
 def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary sibling, then rename it into place (no torn files)."""
+    from fsspec.implementations.local import LocalFileSystem
+
     fs, p = _fs(path)
     parent = posixpath.dirname(p)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     tmp = f"{p}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, p)
+    try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        if isinstance(fs, LocalFileSystem):
+            os.replace(tmp, p)  # fs.mv onto a folder would move the file *into* it, silently
+        else:
+            fs.mv(tmp, p)
+    except OSError as err:  # the one line a job prints names the operation and the file meant
+        err.add_note(f"writing {path}")
+        try:  # a full disk must not keep the torn half
+            fs.rm(tmp)
+        except (OSError, FileNotFoundError):
+            pass
+        raise
 
 
 def iter_tar_samples(data: bytes, *, source: str = "") -> Iterator[dict[str, bytes]]:

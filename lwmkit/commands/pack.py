@@ -31,13 +31,30 @@ def pack(
     Extra arguments after the options go to Beam unchanged (e.g. --direct_running_mode=multi_threading).
     """
     from lwmkit.pipelines.pack import run_pack
+    from lwmkit.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
 
     beam_args = [f"--runner={runner}", *ctx.args]
     if workers:
         beam_args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-    manifest = run_pack(
-        mixture, seq_len, stage, out, tokenizer=tokenizer, overrides=overrides or (), pipeline_args=beam_args
-    )
+    log = job_log_path("pack")
+    try:
+        with errors_to_log(log, "apache_beam"):
+            manifest = run_pack(
+                mixture,
+                seq_len,
+                stage,
+                out,
+                tokenizer=tokenizer,
+                overrides=overrides or (),
+                pipeline_args=beam_args,
+            )
+    except Exception as err:
+        failure = describe_io_failure(err)
+        if failure is None:
+            raise
+        # A full disk, a read-only or blocked folder: one line, the whole story in the job's log.
+        error(f"{failure}; full trace in {crash_log('pack', err, path=log)}")
+        raise SystemExit(1) from None
     shares = {name: c.tokens for name, c in manifest.per_source.items()}
     total = sum(shares.values()) or 1
     typer.echo(

@@ -46,9 +46,20 @@ def train(
             )
             typer.echo(json.dumps(r, sort_keys=True))
         return
+    from lwmkit.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
     from lwmkit.trainer.train import train as run
 
-    for result in run(cfg, allow_resume_changes=allow_resume_changes):
+    log = job_log_path("train")
+    try:
+        with errors_to_log(log, "absl"):  # orbax logs a failed save's traceback through absl
+            results = run(cfg, allow_resume_changes=allow_resume_changes)
+    except Exception as err:
+        failure = describe_io_failure(err)
+        if failure is None:
+            raise
+        error(f"{failure}; full trace in {crash_log('train', err, path=log)}")
+        raise SystemExit(1) from None
+    for result in results:
         state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
         typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")
 

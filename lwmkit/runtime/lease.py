@@ -98,6 +98,13 @@ class OutputLease:
         self.release()
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as err:  # a read-only or blocked output folder: named in the job's one line
+            err.add_note(f"taking the lease on the output folder {self.folder}")
+            raise
+
+    def _acquire(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
         for _ in range(20):  # retried only when the file was replaced under us
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
