@@ -133,7 +133,7 @@ def build(p: beam.Pipeline, job: PackJob) -> None:
     """The job's graph on pipeline ``p``."""
     m = job.mixture
     reads = [
-        p | f"Read[{s.name}]" >> ReadSource(s, list_files(s), job.tokenizer_path, job.seq_len, m.seed)
+        p | f"Read[{s.name}]" >> ReadSource(s, list_files(s), job.tokenizer_path, job.seq_len, m.seed, m.overlong)  # fmt: skip
         for s in m.sources
     ]
     examples = [r["examples"] for r in reads] | "AllExamples" >> beam.Flatten()
