@@ -39,7 +39,8 @@ from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.qa_client import DEFAULT_MAX_REPLY_BYTES, RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
-from lwmkit.progress import step
+from lwmkit.progress import step, warn
+from lwmkit.runtime.lease import lease_output
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
 
@@ -281,6 +282,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if (o.qa_cache or "").lower() == "none"
         else (o.qa_cache or FileSystems.join(o.output, "qa_cache"))
     )
+    # One writer per output: two runs would interleave shards, dead letters and the summary.
+    with lease_output(o.output, "lwmkit books", note=warn):
+        return _run(options, o, cache)
+
+
+def _run(options: PipelineOptions, o: BooksOptions, cache: str | None) -> dict[str, Any]:
     with ExitStack() as stack:
         endpoint, model, embedded = o.qa_endpoint, o.qa_model, not o.qa_endpoint
         if embedded:

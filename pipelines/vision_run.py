@@ -93,7 +93,15 @@ def summarise(job: Any, given: int, todo: list[str]) -> VisionSummary:
 
 
 def execute(job: Any, options: Any, build: Callable[..., None]) -> VisionSummary:
-    """Plan, run the Beam graph made by ``build`` on the inputs left, then check the failure ratio."""
+    """Plan, run the Beam graph made by ``build`` on the inputs left, then check the failure ratio.
+    One run per output folder at a time (its lease; a second run is refused, naming the first)."""
+    from lwmkit.runtime.lease import lease_output
+
+    with lease_output(job.output, "lwmkit vision", note=warn):
+        return _execute(job, options, build)
+
+
+def _execute(job: Any, options: Any, build: Callable[..., None]) -> VisionSummary:
     tokenizer_id = tokenizer_identity(job.vqgan, job.decode.crop)
     settings = JobSettings(job.num_shards, job.decode.to_json(), tokenizer_id, job.source)
     check_settings(job.output, settings)

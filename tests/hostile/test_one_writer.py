@@ -179,3 +179,22 @@ seed: 0
 stages:
   - {{name: s512, seq_len: 512, rope_theta: 10000.0, steps: 2, batch_size: 2, data: {data}}}
 """
+
+
+def test_books_refuses_an_output_folder_another_run_holds(hk, tmp_path):
+    out = tmp_path / "out"
+    holder = _holder(out, job="lwmkit books")
+    book = tmp_path / "b.txt"
+    book.write_text("One sentence here. Another sentence there.")
+    try:
+        proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", "--qa_endpoint=http://127.0.0.1:9/v1",
+                         "--qa_model=m")  # fmt: skip
+        after = sorted(p.name for p in out.iterdir())
+    finally:
+        _stop(holder)
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert (
+        proc.returncode == 2
+        and f"output folder is in use by lwmkit books on host {socket.gethostname()}" in line
+    )
+    assert after == [LEASE_NAME], "the refused run wrote into the folder"
