@@ -72,7 +72,9 @@ def find_os_error(err: BaseException) -> OSError | None:
         seen.add(id(e))
         if isinstance(e, OSError):
             return e
-        todo += [e.__cause__, e.__context__]
+        # An error raised "from None" says its context is not the story (a lease refusal that
+        # began as a lock attempt is not an I/O failure).
+        todo += [e.__cause__] if e.__suppress_context__ else [e.__cause__, e.__context__]
     return None
 
 

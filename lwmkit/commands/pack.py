@@ -32,6 +32,7 @@ def pack(
     """
     from lwmkit.pipelines.pack import run_pack
     from lwmkit.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
+    from lwmkit.schemas import ContractError
 
     beam_args = [f"--runner={runner}", *ctx.args]
     if workers:
@@ -49,7 +50,7 @@ def pack(
                 pipeline_args=beam_args,
             )
     except Exception as err:
-        failure = describe_io_failure(err)
+        failure = None if isinstance(err, ContractError) else describe_io_failure(err)
         if failure is None:
             raise
         # A full disk, a read-only or blocked folder: one line, the whole story in the job's log.

@@ -47,6 +47,7 @@ def train(
             typer.echo(json.dumps(r, sort_keys=True))
         return
     from lwmkit.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
+    from lwmkit.schemas import ContractError
     from lwmkit.trainer.train import train as run
 
     log = job_log_path("train")
@@ -54,7 +55,7 @@ def train(
         with errors_to_log(log, "absl"):  # orbax logs a failed save's traceback through absl
             results = run(cfg, allow_resume_changes=allow_resume_changes)
     except Exception as err:
-        failure = describe_io_failure(err)
+        failure = None if isinstance(err, ContractError) else describe_io_failure(err)
         if failure is None:
             raise
         error(f"{failure}; full trace in {crash_log('train', err, path=log)}")
