@@ -16,7 +16,7 @@ import typer
 import typer.core
 
 from lwmkit import __version__, commands
-from lwmkit.runtime.progress import error
+from lwmkit.runtime.progress import crash_log, describe_io_failure, error
 from lwmkit.schemas import ContractError
 
 app = typer.Typer(
@@ -129,7 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             sys.exit(err.exit_code)
-        raise
+        failure = describe_io_failure(err)
+        if failure is None:
+            raise
+        # A full disk, a read-only folder, a file where a folder should be: one line; the trace in a log.
+        command = next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), "lwmkit")
+        error(f"{failure}; full trace in {crash_log(command, err)}")
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from lwmkit.schemas import ContractError, Manifest, MixtureConfig, TokenCounts, 
 INTEGRITY = ("manifest_invalid", "missing_shard", "corrupt_shard", "manifest_mismatch")
 DRIFT = ("drift", "undeclared_source")
 EXIT_OK, EXIT_DRIFT, EXIT_INTEGRITY = 0, 1, 3
+EXIT_UNUSABLE, EXIT_INTERNAL = 2, 4  # set by the CLI: a bad input or flag; a crash of the audit itself
 _COUNT_FIELDS = ("examples", "tokens", "loss_tokens", "vision_tokens")
 
 

@@ -20,10 +20,21 @@ import numpy as np
 
 from lwmkit.pipelines.audit_stats import Histogram, Recount, ShardCheck
 from lwmkit.runtime.files import is_temporary
-from lwmkit.schemas import MANIFEST_NAME, ContractError, Manifest, ShardEntry, decode_sample, from_dict
+from lwmkit.schemas import (
+    MANIFEST_NAME,
+    PACKED_ARRAYS,
+    ContractError,
+    Manifest,
+    ShardEntry,
+    decode_sample,
+    from_dict,
+)
+from lwmkit.schemas.packed import META_KEY
 from lwmkit.schemas.shards import iter_tar_samples
 
 _CHUNK = 1 << 20
+_MEMBERS = frozenset([META_KEY, *(f"{name}.npy" for name in PACKED_ARRAYS)])  # what a packed sample holds
+_NO_SEQ_LEN_CAP = 256 << 20  # per member, when a broken manifest gives no seq_len to size it by
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ def open_shard_set(path: str) -> ShardSetRef:
         raise ContractError(
             "manifest not found (is this a packed shard set?)", source=manifest_path
         ) from None
+    except OSError as err:  # permissions, a bucket that refuses us: the input is unusable
+        message = f"manifest cannot be read ({type(err).__name__}: {err})"
+        raise ContractError(message, source=manifest_path) from None
     try:
         m = Manifest.from_json(text, source=manifest_path)
     except ContractError as err:
@@ -141,20 +155,26 @@ def recount_shard(ref: ShardSetRef, entry: ShardEntry, *, cap: int = 20) -> Reco
     return rc
 
 
+def member_cap(seq_len: int | None) -> int:
+    """Largest member a sample of ``seq_len`` can need (a meta.json of seq_len one-token segments)."""
+    return (64 << 10) + 256 * seq_len if seq_len else _NO_SEQ_LEN_CAP
+
+
 def _count_stream(
     rc: Recount, check: ShardCheck, reader: _HashingReader, ref: ShardSetRef, path: str, cap: int
 ) -> None:
     try:
-        for raw in iter_tar_samples(reader, source=path):
+        for raw in iter_tar_samples(reader, source=path, members=_MEMBERS, cap=member_cap(ref.seq_len)):
             check.n_samples += 1
             where = f"{path}:{raw['__key__']}"
-            try:
-                arrays, meta = decode_sample(raw, source=where)
+            if raw.get("__refused__"):
+                name, size, why = raw["__refused__"][0]
+                check.problem(f"invalid sample: {where}: member {name} ({size} bytes) {why}; not read", cap)
+                continue
+            try:  # the manifest's seq_len bounds every array before it is allocated
+                arrays, meta = decode_sample(raw, source=where, seq_len=ref.seq_len)
             except ContractError as err:
                 check.problem(f"invalid sample: {err}", cap)
-                continue
-            if ref.seq_len is not None and meta.seq_len != ref.seq_len:
-                check.problem(f"{where}: seq_len {meta.seq_len}, manifest says {ref.seq_len}", cap)
                 continue
             count_sample(rc, arrays, meta, ref.end_markers)
     except (tarfile.TarError, EOFError, ValueError, ContractError) as err:

@@ -36,15 +36,21 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from lwmkit.pipelines.book_io import DEAD, JOB, NAMESPACE, RawBook, ReadBooks, dead_letter, dead_letter_counts
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.options import add_flag
-from lwmkit.pipelines.qa_client import RESPONSE_FORMATS, QAClientConfig
+from lwmkit.pipelines.qa_client import DEFAULT_MAX_REPLY_BYTES, RESPONSE_FORMATS, QAClientConfig
 from lwmkit.pipelines.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.qa_prompt import load_prompt
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.dead_letters import WriteDeadLetters
-from lwmkit.runtime.progress import step
+from lwmkit.runtime.lease import lease_output
+from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
+
+
+class BooksJobFailed(RuntimeError):
+    """The QA endpoint is unreachable, or more chunks failed than ``--max_failure_ratio`` allows."""
+
 
 COUNTERS = (
     "books_read",
@@ -52,6 +58,7 @@ COUNTERS = (
     "chunks_done",
     "chunks_cached",
     "chunks_failed",
+    "chunks_unreachable",
     "qa_pairs",
     "qa_requests",
     "qa_retries",
@@ -116,7 +123,24 @@ class BooksOptions(PipelineOptions):
         add("--qa_pairs", type=int, default=3, help="QA pairs asked per chunk.")
         add("--qa_max_tokens", type=int, default=256, help="max_tokens per reply.")
         add("--qa_temperature", type=float, default=0.0, help="Sampling temperature of the first attempt.")
-        add("--qa_timeout", type=float, default=120.0, help="Seconds to wait for one reply.")
+        add(
+            "--qa_timeout",
+            type=float,
+            default=120.0,
+            help="Deadline of one request in seconds: connect, send and the whole reply together.",
+        )
+        add(
+            "--qa_max_reply_bytes",
+            type=int,
+            default=DEFAULT_MAX_REPLY_BYTES,
+            help="A reply body longer than this is cut off (a retryable failure).",
+        )
+        add(
+            "--max_failure_ratio",
+            type=float,
+            default=0.1,
+            help="Exit non-zero when more than this share of chunks is dead-lettered (outputs are still written).",
+        )
         add(
             "--qa_max_attempts",
             type=int,
@@ -209,6 +233,7 @@ def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -
         return QAClientConfig(
             endpoint=endpoint, model=model, api_key_env=o.qa_api_key_env,
             max_in_flight=o.qa_max_in_flight or (2 if embedded else 4), timeout_s=o.qa_timeout,
+            max_reply_bytes=o.qa_max_reply_bytes,
             max_attempts=o.qa_max_attempts, backoff_base_s=o.qa_backoff, n_pairs=o.qa_pairs,
             max_tokens=o.qa_max_tokens, temperature=o.qa_temperature,
             # llama-cpp-python's server takes json_object + schema; no need to probe it.
@@ -289,11 +314,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         o.encoding == "auto" or _known_codec(o.encoding), "--encoding", f"unknown encoding {o.encoding!r}"
     )
     _grade_config(o)
+    _require(0.0 <= o.max_failure_ratio <= 1.0, "--max_failure_ratio", "must be in [0, 1]")
     cache = (
         None
         if (o.qa_cache or "").lower() == "none"
         else (o.qa_cache or FileSystems.join(o.output, "qa_cache"))
     )
+    # One writer per output: two runs would interleave shards, dead letters and the summary.
+    with lease_output(o.output, "lwmkit books", note=warn):
+        return _run(options, o, cache)
+
+
+def _run(options: PipelineOptions, o: BooksOptions, cache: str | None) -> dict[str, Any]:
     with ExitStack() as stack:
         endpoint, model, embedded = o.qa_endpoint, o.qa_model, not o.qa_endpoint
         if embedded:
@@ -324,7 +356,25 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if per_book:
         step(f"books: {n['replaced_bytes']} undecodable bytes replaced with U+FFFD in {len(per_book)} book(s): "
              + ", ".join(f"{b} {k}" for b, k in list(per_book.items())[:10]) + " (all in summary.json)")  # fmt: skip
+    _judge(n, o.max_failure_ratio, summary["endpoint"], FileSystems.join(o.output, "dead_letters.jsonl"))
     return summary
+
+
+def _judge(n: dict[str, int], max_failure_ratio: float, endpoint: str, dead_letters: str) -> None:
+    """Raise BooksJobFailed when no request reached the endpoint, or too many chunks failed."""
+    answered = n["chunks_done"] - n["chunks_cached"]
+    if n["chunks_failed"] and n["chunks_unreachable"] == n["chunks_failed"] and not answered:
+        raise BooksJobFailed(
+            f"QA endpoint {endpoint} is unreachable: {n['chunks_failed']} chunks dead-lettered with "
+            f"connection failures; see {dead_letters}"
+        )
+    attempted = n["chunks_done"] + n["chunks_failed"]
+    ratio = n["chunks_failed"] / attempted if attempted else 0.0
+    if ratio > max_failure_ratio:
+        raise BooksJobFailed(
+            f"{n['chunks_failed']} of {attempted} chunks failed QA ({ratio:.0%} > max_failure_ratio "
+            f"{max_failure_ratio:.0%}); see {dead_letters}"
+        )
 
 
 def help_text() -> str:

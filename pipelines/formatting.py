@@ -109,13 +109,44 @@ def seeded_fraction(seed: int, *parts: Any) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def format_text(text: str, tok: TextTokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``<s> text </s>``: every token after BOS is a target."""
+def format_text(
+    text: str, tok: TextTokenizer, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``<s> text </s>``: every token after BOS is a target.
+
+    ``limit``: only the first ``limit`` tokens will be kept (the ``truncate``/``drop`` policies);
+    a document far longer is tokenized only as far as needed (:func:`encode_head`): more than
+    ``limit`` tokens come back, without EOS, so the over-long policy still sees it over-long.
+    """
+    ids, cut = (tok.encode(text), False) if limit is None else encode_head(text, tok, limit)
     s = _Stream()
     s.add([tok.bos_id], loss=False)
-    s.add(tok.encode(text), loss=True)
-    s.add([tok.eos_id], loss=True)
+    s.add(ids, loss=True)
+    if not cut:
+        s.add([tok.eos_id], loss=True)
     return s.arrays()
+
+
+_HEAD_MARGIN = 64  # tokens kept past the limit: those of the prefix's last, possibly cut, word are dropped
+
+
+def encode_head(text: str, tok: TextTokenizer, limit: int) -> tuple[np.ndarray, bool]:
+    """The first tokens of ``text`` (int32, more than ``limit`` of them when the text has that many)
+    and whether the text was cut, tokenizing only a prefix that grows until it holds enough.
+
+    Memory stays ~linear in ``limit``, not in the document (a 50 MB one-line document was
+    tokenized whole only to be truncated). The prefix ends at a whitespace, and the tokens of
+    its last word are dropped, so the ids equal the head of the whole text's tokenization for a
+    tokenizer that splits on whitespace first (SentencePiece's default)."""
+    chars = max(8 * (limit + _HEAD_MARGIN), 1 << 14)
+    while chars < len(text):
+        space = max(text.rfind(" ", chars // 2, chars), text.rfind("\n", chars // 2, chars))
+        cut = space if space > 0 else chars  # no whitespace at all: cut anywhere (hostile input)
+        ids = tok.encode(text[:cut])
+        if len(ids) > limit + _HEAD_MARGIN:
+            return np.asarray(ids[: limit + _HEAD_MARGIN // 2], dtype=np.int32), True
+        chars *= 2
+    return np.asarray(tok.encode(text), dtype=np.int32), False
 
 
 def vision_block(codes: np.ndarray, layout: VocabLayout) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +209,11 @@ def format_chat(
     return s.arrays()
 
 
-def text_example(source: SourceConfig, example_id: str, text: str, tok: TextTokenizer) -> Example:
-    ids, loss, vision = format_text(text, tok)
+def text_example(
+    source: SourceConfig, example_id: str, text: str, tok: TextTokenizer, limit: int | None = None
+) -> Example:
+    """A text document as an example; ``limit`` as in :func:`format_text`."""
+    ids, loss, vision = format_text(text, tok, limit)
     return Example(example_id, source.name, "text", source.group, ids, loss, vision)
 
 

@@ -190,7 +190,7 @@ def build(p: beam.Pipeline, job: PackJob) -> None:
     m = job.mixture
     files = {s.name: list_files(s) for s in m.sources}
     reads = [
-        p | f"Read[{s.name}]" >> ReadSource(s, files[s.name], job.tokenizer_path, job.seq_len, m.seed)
+        p | f"Read[{s.name}]" >> ReadSource(s, files[s.name], job.tokenizer_path, job.seq_len, m.seed, m.overlong)  # fmt: skip
         for s in m.sources
     ]
     examples = [r["examples"] for r in reads] | "AllExamples" >> beam.Flatten()
@@ -253,7 +253,8 @@ def run_pack(
     Raises ContractError for a bad config or input before any shard is written.
     """
     from lwmkit.runtime.config import load_config
-    from lwmkit.runtime.progress import step
+    from lwmkit.runtime.lease import lease_output
+    from lwmkit.runtime.progress import step, warn
 
     if target is not None:
         if (seq_len is not None and seq_len != target.seq_len) or stage != target.stage:
@@ -269,16 +270,18 @@ def run_pack(
         raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
     job = PackJob.create(mixture, seq_len, stage, out, tokenizer, target)
     step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
-    prepare_output(job.out)
-    options = adapt(PipelineOptions(list(pipeline_args)))
-    try:
-        with beam.Pipeline(options=options) as p:
-            build(p, job)
-    except Exception as err:
-        found = _unwrap(err)
-        if found is not None:
-            raise found from None
-        raise
+    # One writer per set: two runs in one folder would delete each other's shards.
+    with lease_output(job.out, "lwmkit pack", note=warn):
+        prepare_output(job.out)
+        options = adapt(PipelineOptions(list(pipeline_args)))
+        try:
+            with beam.Pipeline(options=options) as p:
+                build(p, job)
+        except Exception as err:
+            found = _unwrap(err)
+            if found is not None:
+                raise found from None
+            raise
     manifest = load_manifest(f"{job.out}/manifest.json")
     step(
         f"pack: {manifest.n_sequences} sequences in {len(manifest.shards)} shards, "

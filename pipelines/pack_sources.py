@@ -178,8 +178,17 @@ class ReadRecordFile(beam.DoFn):
 class FormatExamples(beam.DoFn):
     """Rows of one source -> formatted :class:`Example`s (tokenizer loaded once per worker)."""
 
-    def __init__(self, source: SourceConfig, tokenizer_path: str | None, seq_len: int, seed: int) -> None:
+    def __init__(
+        self,
+        source: SourceConfig,
+        tokenizer_path: str | None,
+        seq_len: int,
+        seed: int,
+        overlong: str = "split",
+    ) -> None:
         self.source, self.tokenizer_path, self.seq_len, self.seed = source, tokenizer_path, seq_len, seed
+        # truncate/drop keep at most seq_len tokens of a document: tokenize no further than that
+        self.text_limit = seq_len if overlong in ("truncate", "drop") else None
 
     def setup(self) -> None:
         from lwmkit.tokenizers.text import TextTokenizer
@@ -192,7 +201,7 @@ class FormatExamples(beam.DoFn):
         try:
             if kind == "text":
                 example_id, doc = element
-                yield text_example(self.source, example_id, doc, self.tok)
+                yield text_example(self.source, example_id, doc, self.tok, self.text_limit)
             elif kind == "book_qa_chat":
                 book_id, chunks = element
                 yield from book_chat_examples(self.source, list(chunks), self.tok, self.seq_len)
@@ -214,10 +223,11 @@ class ReadSource(beam.PTransform):
         tokenizer_path: str | None,
         seq_len: int,
         seed: int,
+        overlong: str = "split",
     ):
         super().__init__()
         self.source, self.files = source, files
-        self.fmt = FormatExamples(source, tokenizer_path, seq_len, seed)
+        self.fmt = FormatExamples(source, tokenizer_path, seq_len, seed, overlong)
 
     def expand(self, pbegin):
         reader = ReadTextFile(self.source) if self.source.kind == "text" else ReadRecordFile(self.source)

@@ -220,12 +220,16 @@ def prepare_output(out: str) -> None:
     import fsspec
 
     fs, p = fsspec.core.url_to_fs(out)
-    fs.makedirs(p, exist_ok=True)
-    for name in (MANIFEST_NAME, DEAD_LETTERS_NAME):
-        if fs.exists(f"{p}/{name}"):
-            fs.rm(f"{p}/{name}")
-    for path in fs.glob(f"{p}/*{TEMP_MARKER}*"):
-        fs.rm(path)
+    try:
+        fs.makedirs(p, exist_ok=True)
+        for name in (MANIFEST_NAME, DEAD_LETTERS_NAME):
+            if fs.exists(f"{p}/{name}"):
+                fs.rm(f"{p}/{name}")
+        for path in fs.glob(f"{p}/*{TEMP_MARKER}*"):
+            fs.rm(path)
+    except OSError as err:
+        err.add_note(f"preparing the output folder {out}")
+        raise
 
 
 def finalize(

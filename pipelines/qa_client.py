@@ -4,7 +4,8 @@ Speaks ``POST {endpoint}/chat/completions`` as vLLM, llama.cpp's servers and hos
 What it adds over a bare request:
 
 * at most ``max_in_flight`` requests at once per client (one client per Beam worker);
-* a timeout per request, and retries with exponential backoff and full jitter on 408, 429,
+* a deadline per request (connect, send and every read together: a reply that trickles in
+  ends at the deadline) and a cap on the reply's size, and retries with exponential backoff and full jitter on 408, 429,
   5xx, timeouts, dropped connections and unparsable replies (``Retry-After`` is honoured);
 * grammar-constrained JSON replies through ``response_format`` (``json_schema`` the OpenAI
   way, or llama-cpp-python's ``json_object`` + ``schema``; ``auto`` finds which the server
@@ -13,8 +14,9 @@ What it adds over a bare request:
   settings, chunk sha256): a re-run sends no request for a chunk it has answered.
 
 The API key is read from an environment variable (``api_key_env``, then ``OPENAI_API_KEY``)
-when the client is built; it is sent only in the ``Authorization`` header and scrubbed from
-every message and reply the client hands back.
+when the client is built; it is sent only in the ``Authorization`` header and scrubbed
+(:mod:`redact`: literal or JSON-escaped) from every message, reply and parsed pair the client
+hands back or caches, whatever the server echoes.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ from typing import Any
 
 import requests
 
+from lwmkit.pipelines.http_deadline import DeadlineExceeded, ReplyTooLarge, deadline_session, post_json
 from lwmkit.pipelines.qa_prompt import ParseError, QAPrompt, parse_qa
+from lwmkit.pipelines.redact import Redactor
 
 DEFAULT_API_KEY_ENV = "LWMKIT_QA_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+DEFAULT_MAX_REPLY_BYTES = 1 << 20  # ~100x a 4K-token answer; a longer body is a broken or hostile server
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,9 @@ class QAClientConfig:
     model: the model name sent with each request and recorded in the output.
     api_key_env: environment variable holding the API key (never a flag: flags get logged).
     max_in_flight: concurrent requests per client (= per Beam worker).
-    timeout_s / connect_timeout_s: per request; a hang past it counts as a retryable failure.
+    timeout_s: deadline of one request in all (connect, send, headers, body); past it the request is
+        cut off and counts as a retryable failure. connect_timeout_s: the connect part of it.
+    max_reply_bytes: a reply body longer than this is cut off unread (a retryable failure).
     max_attempts: tries per chunk, the first included.
     n_pairs / max_tokens / temperature / seed: generation settings (part of the cache key).
     response_format: ``auto``, ``json_schema``, ``json_object`` (llama-cpp-python) or ``none``.
@@ -61,6 +68,7 @@ class QAClientConfig:
     max_in_flight: int = 4
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
     max_attempts: int = 4
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
@@ -75,7 +83,7 @@ class QAClientConfig:
             raise ValueError(f"QAClientConfig.endpoint must be an http(s) URL, got {self.endpoint!r}")
         if not self.model:
             raise ValueError("QAClientConfig.model must not be empty")
-        for name in ("max_in_flight", "max_attempts", "n_pairs", "max_tokens"):
+        for name in ("max_in_flight", "max_attempts", "n_pairs", "max_tokens", "max_reply_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"QAClientConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("timeout_s", "connect_timeout_s", "backoff_max_s"):
@@ -179,6 +187,7 @@ class QAClient:
         self.prompt = prompt
         self.cache = cache
         self._api_key = os.environ.get(config.api_key_env) or os.environ.get(FALLBACK_API_KEY_ENV) or ""
+        self._redactor = Redactor(self._api_key)
         self._formats = (
             [config.response_format]
             if config.response_format != "auto"
@@ -186,12 +195,7 @@ class QAClient:
         )
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.max_in_flight)
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=config.max_in_flight, max_retries=0
-        )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session = deadline_session(config.max_in_flight)
         self._pool = ThreadPoolExecutor(config.max_in_flight, thread_name_prefix="qa")
 
     def close(self) -> None:
@@ -217,15 +221,18 @@ class QAClient:
         key = self.cache_key(text_sha256)
         if self.cache is not None:
             hit = self.cache.get(key)
-            if hit is not None:
-                return QAResult(key, hit["pairs"], hit.get("raw"), cached=True)
+            if hit is not None:  # scrubbed again: the cache may predate the key or the scrubber
+                return QAResult(
+                    key, self._redactor.deep(hit["pairs"]), self.redact(hit.get("raw")), cached=True
+                )
         result = QAResult(key)
         for attempt in range(self.config.max_attempts):
             result.requests += 1
             try:
-                raw = self._request(text, attempt)
-                result.raw = self.redact(raw)
-                result.pairs = parse_qa(raw, self.config.n_pairs)
+                raw = self.redact(self._request(text, attempt))
+                result.raw = raw
+                # Scrubbed before and after parsing: the parser undoes escapes the reply may hide the key in.
+                result.pairs = self._redactor.deep(parse_qa(raw, self.config.n_pairs))
                 result.error = result.error_class = None
                 break
             except (_Retryable, ParseError) as err:
@@ -251,9 +258,9 @@ class QAClient:
             )
         return result
 
-    def redact(self, text: str) -> str:
-        """``text`` with the API key (if any) replaced by ``***``."""
-        return text.replace(self._api_key, "***") if self._api_key and text else text
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with the API key (if any), literal or JSON-escaped, replaced by ``***``."""
+        return self._redactor.text(text)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -291,23 +298,23 @@ class QAClient:
                 fmt = self._formats[0]
             try:
                 with self._slots:
-                    resp = self._session.post(
-                        url,
-                        json=self._body(text, attempt, fmt),
-                        headers=headers,
-                        timeout=(self.config.connect_timeout_s, self.config.timeout_s),
-                    )
-            except requests.Timeout:
+                    status, resp_headers, body = post_json(
+                        self._session, url, self._body(text, attempt, fmt), headers,
+                        deadline_s=self.config.timeout_s, connect_s=self.config.connect_timeout_s,
+                        max_bytes=self.config.max_reply_bytes,
+                    )  # fmt: skip
+            except (requests.Timeout, DeadlineExceeded):
                 raise _Retryable(f"no reply within {self.config.timeout_s:g} s", kind="Timeout") from None
-            except requests.ConnectionError as err:
+            except ReplyTooLarge:
+                raise _Retryable(f"reply longer than {self.config.max_reply_bytes} bytes (max_reply_bytes)",
+                                 kind="ReplyTooLarge") from None  # fmt: skip
+            except (requests.ConnectionError, requests.RequestException) as err:
                 raise _Retryable(f"connection failed: {type(err).__name__}", kind="ConnectionError") from None
-            if (
-                resp.status_code in (400, 422, 500)
-                and "response_format" in resp.text
-                and self._downgrade(fmt)
-            ):
+            # Scrubbed before anything is cut or kept, so no fragment of the key survives a cut.
+            reply = self.redact(body.decode("utf-8", errors="replace"))
+            if status in (400, 422, 500) and "response_format" in reply and self._downgrade(fmt):
                 continue  # the server does not take this response_format: try the next kind
-            return self._content(resp)
+            return self._content(status, resp_headers, reply)
 
     def _downgrade(self, fmt: str) -> bool:
         with self._lock:
@@ -315,20 +322,20 @@ class QAClient:
                 self._formats.pop(0)
             return len(self._formats) >= 1 and self._formats[0] != fmt
 
-    def _content(self, resp: requests.Response) -> str:
-        body = resp.text[:4000]
-        if resp.status_code in _RETRY_STATUS:
-            after = resp.headers.get("Retry-After")
+    def _content(self, status: int, headers: Any, reply: str) -> str:
+        body = reply[:4000]
+        if status in _RETRY_STATUS:
+            after = headers.get("Retry-After")
             raise _Retryable(
-                f"HTTP {resp.status_code}",
+                f"HTTP {status}",
                 float(after) if after and after.replace(".", "", 1).isdigit() else None,
                 body,
             )
-        if resp.status_code != 200:
-            raise _Fatal(f"HTTP {resp.status_code}: {body[:500]}", body)
+        if status != 200:
+            raise _Fatal(f"HTTP {status}: {body[:500]}", body)
         try:
-            content = resp.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = json.loads(reply)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise _Retryable(
                 "malformed response body (not a chat completion)", raw=body, kind="MalformedReply"
             ) from None

@@ -122,6 +122,7 @@ class ToRecords(beam.DoFn):
         self.done = Metrics.counter(NAMESPACE, "chunks_done")
         self.cached = Metrics.counter(NAMESPACE, "chunks_cached")
         self.failed = Metrics.counter(NAMESPACE, "chunks_failed")
+        self.unreachable = Metrics.counter(NAMESPACE, "chunks_unreachable")
         self.pairs = Metrics.counter(NAMESPACE, "qa_pairs")
         self.requests = Metrics.counter(NAMESPACE, "qa_requests")
         self.retries = Metrics.counter(NAMESPACE, "qa_retries")
@@ -137,6 +138,8 @@ class ToRecords(beam.DoFn):
         self._count_grades(graded)
         if not result.ok:
             self.failed.inc()
+            if result.error_class == "ConnectionError":
+                self.unreachable.inc()
             message = f"{result.error} (after {result.requests} request(s))"
             yield dead_letter(
                 chunk["chunk_id"],

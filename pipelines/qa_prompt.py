@@ -76,15 +76,15 @@ def load_prompt(path: str | None = None) -> QAPrompt:
     )
 
 
-_PAIR = re.compile(
-    r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL
-)
-_QA_LINES = re.compile(
-    r"(?:^|\n)\s*(?:\d+[.)]\s*)?(?:Q(?:uestion)?\s*\d*\s*[:.)-])\s*(.+?)\s*\n+\s*"
-    r"(?:A(?:nswer)?\s*\d*\s*[:.)-])\s*(.+?)(?=\n\s*(?:\d+[.)]\s*)?Q(?:uestion)?\s*\d*\s*[:.)-]|\n\s*\n|$)",
-    re.IGNORECASE | re.DOTALL,
-)
-
+# Every pattern below is matched at a known position or against one line with its whitespace
+# collapsed, so parsing is linear in the reply's length (a hostile or runaway reply of 1 MB
+# parses in well under a second; searching the whole reply with lazy DOTALL patterns was quadratic).
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_SEP = re.compile(r"\s*,\s*")
+_COLON = re.compile(r"\s*:\s*")
+_Q_HEAD = re.compile(r"(?:\d+[.)] ?)?Q(?:uestion)? ?\d* ?[:.)-] ?(.*)", re.IGNORECASE)
+_A_HEAD = re.compile(r"(?:A(?:nswer)? ?\d* ?[:.)-]) ?(.*)", re.IGNORECASE)
+_FENCE = "```"
 
 _WORDY = re.compile(r"[^\W_]")
 
@@ -95,16 +95,15 @@ def parse_qa(reply: str, max_pairs: int | None = None) -> list[dict[str, str]]:
     Tries, in order: the whole reply as JSON (``{"qa": [...]}``, a bare list, or one pair);
     the first JSON object or array embedded in prose or a code fence; complete
     ``"question": ..., "answer": ...`` pairs in truncated JSON; ``Q: / A:`` lines.
-    Raises :class:`ParseError` when nothing usable is found.
+    Raises :class:`ParseError` when nothing usable is found. Time is linear in ``len(reply)``.
     """
     for candidate in _json_candidates(reply):
         pairs = _clean(_pairs_from_json(candidate), max_pairs)
         if pairs:  # pairs that clean to nothing are no answer: try the next candidate, else ParseError
             return pairs
-    pairs = [{"question": _unescape(q), "answer": _unescape(a)} for q, a in _PAIR.findall(reply)]
-    if not _clean(pairs, max_pairs):
-        pairs = [{"question": q, "answer": a} for q, a in _QA_LINES.findall(reply)]
-    pairs = _clean(pairs, max_pairs)
+    pairs = _clean(_quoted_pairs(reply), max_pairs)
+    if not pairs:
+        pairs = _clean(_line_pairs(reply), max_pairs)
     if not pairs:
         raise ParseError(f"no question-answer pair in the reply ({len(reply)} characters)")
     return pairs
@@ -113,9 +112,12 @@ def parse_qa(reply: str, max_pairs: int | None = None) -> list[dict[str, str]]:
 def _json_candidates(reply: str):
     text = reply.strip()
     yield text
-    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
-    if fence:
-        yield fence.group(1)
+    fence = text.find(_FENCE)
+    if fence >= 0:
+        close = text.find(_FENCE, fence + len(_FENCE))
+        if close >= 0:
+            body = text[fence + len(_FENCE) : close]
+            yield body[4:] if body.startswith("json") else body
     for opener in ("{", "["):
         start = text.find(opener)
         if start >= 0:
@@ -123,6 +125,64 @@ def _json_candidates(reply: str):
             end = text.rfind("}" if opener == "{" else "]")
             if end > start:
                 yield text[start : end + 1]
+
+
+def _string_at(text: str, pos: int) -> tuple[str, int] | None:
+    """The JSON string literal starting at ``text[pos]`` (raw, still escaped) and the index after it."""
+    m = _STRING.match(text, pos)
+    return (m.group(1), m.end()) if m else None
+
+
+def _quoted_pairs(reply: str) -> list[dict[str, str]]:
+    """Complete ``"question": "...", "answer": "..."`` pairs, e.g. from JSON cut off mid-reply."""
+    pairs, pos = [], 0
+    while (pos := reply.find('"question"', pos)) >= 0:
+        pair = _pair_at(reply, pos + len('"question"'))
+        if pair is None:
+            pos += 1
+            continue
+        q, a, pos = pair
+        pairs.append({"question": _unescape(q), "answer": _unescape(a)})
+    return pairs
+
+
+def _pair_at(text: str, pos: int) -> tuple[str, str, int] | None:
+    m = _COLON.match(text, pos)
+    question = m and _string_at(text, m.end())
+    if not question:
+        return None
+    m = _SEP.match(text, question[1])
+    if not m or not text.startswith('"answer"', m.end()):
+        return None
+    m = _COLON.match(text, m.end() + len('"answer"'))
+    answer = m and _string_at(text, m.end())
+    return (question[0], answer[0], answer[1]) if answer else None
+
+
+def _line_pairs(reply: str) -> list[dict[str, str]]:
+    """``Q: ... / A: ...`` pairs: a question runs from its ``Q:`` line (the last one before the
+    answer) to the next ``A:`` line, an answer to the next ``Q:`` line or blank line."""
+    lines = [" ".join(line.split()) for line in reply.split("\n")]
+    pairs: list[dict[str, str]] = []
+    question: list[str] | None = None
+    i = 0
+    while i < len(lines):
+        head = _Q_HEAD.match(lines[i])
+        answer = _A_HEAD.match(lines[i]) if question is not None and not head else None
+        if head:
+            question = [head.group(1)]
+        elif answer:
+            parts, i = [answer.group(1)], i + 1
+            while i < len(lines) and lines[i] and not _Q_HEAD.match(lines[i]):
+                parts.append(lines[i])
+                i += 1
+            pairs.append({"question": " ".join(question), "answer": " ".join(parts)})
+            question = None
+            continue
+        elif question is not None and lines[i]:
+            question.append(lines[i])
+        i += 1
+    return pairs
 
 
 def _pairs_from_json(candidate: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from lwmkit.pipelines.inputs import MediaInput, read_inputs
 from lwmkit.pipelines.vision_job import VisionJobConfig, build
 from lwmkit.pipelines.vision_output import JOB, JobSettings, check_settings, read_state, record_files
 from lwmkit.runtime.dead_letters import dead_letter_path, read_existing
+from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
 
@@ -119,7 +120,13 @@ def summarise(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) ->
 
 def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
     """Plan, run the job's Beam graph (:func:`~lwmkit.pipelines.vision_job.build`) on the inputs
-    left, then check the failure ratio."""
+    left, then check the failure ratio. One run per output folder at a time (its lease; a second
+    run is refused, naming the first)."""
+    with lease_output(job.output, "lwmkit vision", note=warn):
+        return _execute(job, options)
+
+
+def _execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
     tokenizer_id = tokenizer_identity(job.vqgan, job.decode.crop)
     settings = JobSettings(job.num_shards, job.decode.to_json(), tokenizer_id, job.source)
     check_settings(job.output, settings)

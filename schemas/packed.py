@@ -135,24 +135,55 @@ def encode_sample(arrays: dict[str, np.ndarray], meta: PackedMeta) -> dict[str, 
     return sample
 
 
-def decode_sample(sample: dict[str, bytes], *, source: str = "") -> tuple[dict[str, np.ndarray], PackedMeta]:
-    """Arrays and meta from a raw webdataset sample (bytes per file); validates both."""
+def decode_sample(
+    sample: dict[str, bytes], *, source: str = "", seq_len: int | None = None
+) -> tuple[dict[str, np.ndarray], PackedMeta]:
+    """Arrays and meta from a raw webdataset sample (bytes per file); validates both.
+
+    ``seq_len`` (the manifest's, when known) must equal meta.json's. Each ``.npy`` header is
+    checked (dtype, shape ``(seq_len,)``, data length) before anything is allocated, so a
+    header that claims 10^11 elements costs nothing but the error.
+    """
     where = source or str(sample.get("__key__", ""))
     if META_KEY not in sample:
         raise ContractError("sample has no meta.json", source=where)
     try:
         meta_data = json.loads(sample[META_KEY])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ContractError(f"meta.json is not JSON ({err})", source=where) from None
     meta = from_dict(PackedMeta, meta_data, source=f"{where}/meta.json")
+    if seq_len is not None and meta.seq_len != seq_len:
+        raise ContractError(f"is {meta.seq_len}, the manifest says {seq_len}", field="seq_len", source=where)
     arrays = {}
-    for name in PACKED_ARRAYS:
+    for name, dtype in PACKED_ARRAYS.items():
         raw = sample.get(f"{name}.npy")
         if raw is None:
             raise ContractError("array is missing", field=name, source=where)
-        try:
-            arrays[name] = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as err:
-            raise ContractError(f"is not a plain .npy array ({err})", field=name, source=where) from None
+        arrays[name] = load_array(raw, dtype, meta.seq_len, field=name, source=where)
     validate_packed(arrays, meta, source=where)
     return arrays, meta
+
+
+def load_array(raw: bytes, dtype: np.dtype, length: int, *, field: str = "", source: str = "") -> np.ndarray:
+    """A 1-D ``.npy`` of ``length`` items of ``dtype`` from ``raw``; the header is checked first
+    and the data never allocated beyond ``len(raw)`` (no pickles, no header-sized allocations)."""
+    from numpy.lib import format as npy
+
+    f = io.BytesIO(raw)
+    try:
+        version = npy.read_magic(f)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, found = read_header(f)
+    except (ValueError, SyntaxError, TypeError, EOFError) as err:
+        raise ContractError(f"is not a plain .npy array ({err})", field=field, source=source) from None
+    if found.hasobject:  # a pickle inside: never loaded
+        raise ContractError("is not a plain .npy array (it holds Python objects)", field=field, source=source)
+    if found != dtype:
+        raise ContractError(f"has dtype {found}, expected {dtype}", field=field, source=source)
+    if tuple(shape) != (length,):
+        raise ContractError(f"has shape {tuple(shape)}, expected ({length},)", field=field, source=source)
+    data = memoryview(raw)[f.tell() :]
+    if len(data) != length * dtype.itemsize:
+        message = f"holds {len(data)} data bytes, its header says {length * dtype.itemsize}"
+        raise ContractError(message, field=field, source=source)
+    return np.frombuffer(data, dtype=dtype).copy()

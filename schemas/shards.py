@@ -59,14 +59,23 @@ def _fs(path: str):
     return fsspec.core.url_to_fs(path)
 
 
-def iter_tar_samples(data: bytes | BinaryIO, *, source: str = "") -> Iterator[dict[str, bytes]]:
+def iter_tar_samples(
+    data: bytes | BinaryIO,
+    *,
+    source: str = "",
+    members: frozenset[str] | None = None,
+    cap: int | None = None,
+) -> Iterator[dict]:
     """Raw webdataset samples (``__key__`` + one entry per extension) from tar bytes, or from
     a file object read as a stream (members in order, nothing seeks: memory stays one sample).
 
+    With ``members`` (extensions) or ``cap`` (bytes), only those members up to that size are
+    read; any other member is skipped unread and listed under ``__refused__`` as
+    ``(name, size, why)``, so a hostile shard cannot make the reader allocate what it claims.
     A broken tar raises ContractError naming ``source``, after the samples read before it."""
     stream = not isinstance(data, bytes | bytearray)
     fileobj, mode = (data, "r|") if stream else (io.BytesIO(data), "r:")
-    current: dict[str, bytes] | None = None
+    current: dict | None = None
     try:
         with tarfile.open(fileobj=fileobj, mode=mode) as tar:
             for member in tar:
@@ -78,6 +87,11 @@ def iter_tar_samples(data: bytes | BinaryIO, *, source: str = "") -> Iterator[di
                     current = None
                 if current is None:
                     current = {"__key__": key}
+                unknown = members is not None and ext not in members
+                if unknown or (cap is not None and member.size > cap):
+                    why = "not a packed-sample member" if unknown else f"over the {cap}-byte cap"
+                    current.setdefault("__refused__", []).append((member.name, member.size, why))
+                    continue  # a stream skips the member's bytes without keeping them
                 current[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError) as err:
         raise ContractError(f"is not a readable tar ({type(err).__name__}: {err})", source=source) from None
@@ -128,7 +142,7 @@ class ShardSet:
         count = 0
         for raw in iter_tar_samples(self.read_shard_bytes(index, verify=verify), source=path):
             count += 1
-            yield decode_sample(raw, source=f"{path}:{raw['__key__']}")
+            yield decode_sample(raw, source=f"{path}:{raw['__key__']}", seq_len=self.manifest.seq_len)
         expected = self.manifest.shards[index].n_samples
         if count != expected:
             raise ContractError(f"holds {count} samples, manifest says {expected}", field="n_samples", source=path)

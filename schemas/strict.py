@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -88,6 +89,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ContractError(f"must be a number, got {value!r}", field=path)
+        if not math.isfinite(value):  # inf/nan would train, divide or compare silently wrong
+            raise ContractError(f"must be a finite number, got {value!r}", field=path)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

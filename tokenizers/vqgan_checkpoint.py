@@ -159,7 +159,11 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
 def _read_bytes(path: str) -> bytes:
     try:
         with fsspec.open(path, "rb") as f:
-            blob = f.read(_MAX_BYTES + 1)
+            parts, size = [], 0
+            while size <= _MAX_BYTES and (part := f.read(64 << 20)):  # read(n) would reserve n bytes up front
+                parts.append(part)
+                size += len(part)
+            blob = b"".join(parts)
     except FileNotFoundError:
         raise ContractError("checkpoint not found", source=path) from None
     if len(blob) > _MAX_BYTES:
@@ -223,6 +227,51 @@ def _jax_array_shim(fun: Any, args: tuple, arr_state: tuple, aval_state: Any) ->
     return arr
 
 
+# Limits of what a params pickle may hold: LWM's tree is ~6 dicts deep and its largest array
+# (a 3x3x512x512 conv kernel) has 2.4M elements. Past them the file is hostile or not LWM's.
+MAX_TREE_DEPTH = 32
+MAX_ARRAY_ELEMENTS = 1 << 28
+
+
+class _CheckedArray(np.ndarray):
+    """What numpy's ``_reconstruct`` builds while unpickling: an ndarray whose ``__setstate__``
+    checks shape and data length before numpy allocates anything for them."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError(
+                "ndarray state is not numpy's (version, shape, dtype, fortran, data)"
+            )
+        _, shape, dtype, _, data = state
+        count = _element_count(shape)
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+            raise pickle.UnpicklingError("ndarray holds no plain numeric data")
+        if len(data) != count * dtype.itemsize:
+            raise pickle.UnpicklingError(f"ndarray of shape {tuple(shape)} carries {len(data)} data bytes, "
+                                         f"not {count * dtype.itemsize}")  # fmt: skip
+        super().__setstate__(state)
+
+
+def _element_count(shape: Any) -> int:
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"ndarray shape {shape!r} is not a tuple of sizes")
+    count = 1
+    for d in shape:
+        count *= d
+        if count > MAX_ARRAY_ELEMENTS:
+            raise pickle.UnpicklingError(f"ndarray of shape {shape} exceeds {MAX_ARRAY_ELEMENTS} elements")
+    return count
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # numpy pickles an empty placeholder (shape (0,)) and fills it in __setstate__.
+    from numpy._core import multiarray
+
+    if subtype is not np.ndarray or _element_count(shape) > 1:
+        raise pickle.UnpicklingError("ndarray placeholder is not numpy's")
+    return multiarray._reconstruct(_CheckedArray, shape, dtype)
+
+
 def _allowed() -> dict[tuple[str, str], Any]:
     from numpy._core import multiarray  # numpy >= 2
 
@@ -234,7 +283,7 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("jax._src.array", "_reconstruct_array"): _jax_array_shim,
     }
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+        allowed[(mod, "_reconstruct")] = _checked_reconstruct
         allowed[(mod, "scalar")] = multiarray.scalar
     # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType etc.
     for name in ("Float16DType", "Float32DType", "Float64DType", "BFloat16DType"):
@@ -254,11 +303,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         return target
 
 
-def _plain_tree(obj: Any, source: str, path: str = "") -> Any:
+def _plain_tree(obj: Any, source: str, path: str = "", depth: int = 0) -> Any:
+    if depth > MAX_TREE_DEPTH:  # also what a dict that holds itself comes to
+        raise ContractError(f"nests deeper than {MAX_TREE_DEPTH} levels (or holds itself); not a params tree",
+                            field=path.split("/", 1)[0] or "<root>", source=source)  # fmt: skip
     if isinstance(obj, dict):
-        return {str(k): _plain_tree(v, source, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
+        return {
+            str(k): _plain_tree(v, source, f"{path}/{k}" if path else str(k), depth + 1)
+            for k, v in obj.items()
+        }
     if isinstance(obj, np.ndarray) and obj.dtype.kind in "fiu" and obj.dtype != object:
-        return np.asarray(obj)
+        return obj.view(np.ndarray)  # the checked subclass back to a plain array (no copy)
     raise ContractError(
         f"holds a {type(obj).__name__}, not a numeric array or dict", field=path or "<root>", source=source
     )
@@ -271,7 +326,16 @@ def read_lwm_pickle(path: str) -> dict:
         tree = RestrictedUnpickler(io.BytesIO(blob)).load()
     except pickle.UnpicklingError as err:
         raise ContractError(f"unsafe or malformed pickle: {err}", source=path) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+    ) as err:
         raise ContractError(f"is not a readable pickle ({type(err).__name__}: {err})", source=path) from None
     if isinstance(tree, dict) and set(tree) == {"params"}:
         tree = tree["params"]  # tolerate a tree saved with Flax's top-level key

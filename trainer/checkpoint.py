@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lwmkit.runtime.progress import describe_io_failure
+
 ITEMS = ("params", "opt_state", "meta")
 
 
@@ -44,8 +46,11 @@ class CheckpointError(RuntimeError):
 
 
 def _failed(path: str, err: BaseException) -> CheckpointError:
-    cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return CheckpointError(f"checkpoint save to {path} failed: {cause[:400]}")
+    # an OS error behind orbax/TensorStore (a full disk, a read-only folder) as "writing PATH: why"
+    cause = describe_io_failure(err) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+    failure = CheckpointError(f"checkpoint save to {path} failed: {cause[:400]}")
+    failure.original = err  # raised "from None" (no orbax traceback on the console); kept for the log
+    return failure
 
 
 def _quiet_closed_loop_callbacks() -> None:

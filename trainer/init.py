@@ -9,6 +9,7 @@ that a text-only checkpoint may gain fresh vision parameters when the stage says
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import jax
 import optax
 
-from lwmkit.schemas import ContractError, ModelConfig, TrainConfig
+from lwmkit.schemas import ContractError, ModelConfig, TrainConfig, to_dict
 from lwmkit.trainer.checkpoint import (
     StageCheckpoints,
     absolute,
@@ -38,6 +39,8 @@ class StageStart:
     step: int
     source: str  # human-readable: "resumed from step 40", "from stage 's1' final", "fresh init"
     lineage: list[dict[str, Any]] = field(default_factory=list)  # stages the weights came through
+    resumed: bool = False
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)  # accepted changes, recorded in the lineage
 
 
 def abstract_model_params(model: ModelConfig) -> Any:
@@ -97,24 +100,57 @@ def _from_checkpoint(cfg: TrainConfig, plan: StagePlan, path: str, step_fn: Step
     return StageStart(params, opt_state, 0, what, list(meta.get("lineage") or []))
 
 
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:16] if len(text) == 64 else text  # a sha256: its prefix is enough
+
+
 def _init_opt(optimizer: optax.GradientTransformation, step_fn: StepFn, params: Any) -> Any:
     return jax.jit(optimizer.init, out_shardings=step_fn.opt_shardings)(params)
 
 
+def resume_differences(cfg: TrainConfig, plan: StagePlan, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What a resume would change against the checkpoint it resumes: ``{what: {"was", "now"}}``
+    over the seed, the stage's optimizer and its data (shard set, batch size)."""
+    data = meta.get("data") or {}
+    saved_cfg = meta.get("config") or {}
+    stages = saved_cfg.get("stages") or []
+    saved_stage = stages[plan.index] if plan.index < len(stages) and isinstance(stages[plan.index], dict) else {}
+    was_opt = saved_stage.get("optimizer") or saved_cfg.get("optimizer")
+    now = {"seed": cfg.seed, "optimizer": to_dict(plan.optimizer), "manifest_sha256": plan.manifest.sha256,
+           "batch_size": plan.batch_size}  # fmt: skip
+    was = {"seed": data.get("seed"), "optimizer": was_opt, "manifest_sha256": data.get("manifest_sha256"),
+           "batch_size": data.get("batch_size")}  # fmt: skip
+    now = json.loads(json.dumps(now))  # as the checkpoint's JSON holds it (tuples become lists)
+    return {k: {"was": was[k], "now": now[k]} for k in now if was[k] is not None and was[k] != now[k]}
+
+
 def start_stage(
-    cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, ckpts: StageCheckpoints, step_fn: StepFn, optimizer
-) -> StageStart:
-    """Params, optimizer state and first step of a stage (see the module docstring)."""
+    cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, ckpts: StageCheckpoints, step_fn: StepFn, optimizer,
+    *, allow_resume_changes: bool = False,
+) -> StageStart:  # fmt: skip
+    """Params, optimizer state and first step of a stage (see the module docstring).
+
+    A resume whose seed, optimizer or data differ from the checkpoint's is refused (it would
+    not continue the same run) unless ``allow_resume_changes``; accepted changes are recorded
+    in the stage's lineage entry."""
     latest = ckpts.latest_step()
     if latest is not None:
         restored = ckpts.restore(step_fn.abstract_params, step_fn.abstract_opt)
-        if restored.meta.get("data", {}).get("manifest_sha256") != plan.manifest.sha256:
+        changed = resume_differences(cfg, plan, restored.meta)
+        if changed and not allow_resume_changes:
+            what = "; ".join(f"{k} {_short(v['was'])} -> {_short(v['now'])}" for k, v in changed.items())
             raise ContractError(
-                f"checkpoint at step {latest} was trained on another shard set; move it away or restore "
-                "the original manifest", field="manifest_sha256", source=ckpts.dir)
-        lineage = list(restored.meta.get("lineage") or [])[:-1]
+                f"resuming stage '{plan.name}' at step {latest} would change {what}; restore the original "
+                "settings, move the checkpoints away, or pass --allow-resume-changes if this is meant",
+                field=", ".join(changed), source=ckpts.dir)  # fmt: skip
+        lineage = list(restored.meta.get("lineage") or [])
+        recorded = list((lineage[-1] if lineage else {}).get("resume_changes") or [])
+        if changed:
+            recorded.append({"at_step": latest, "changed": changed})
         return StageStart(restored.params, restored.opt_state, int(restored.meta["step"]),
-                          f"resumed from step {latest}", lineage)
+                          f"resumed from step {latest}", lineage[:-1], resumed=True,
+                          resume_changes=recorded)  # fmt: skip
     source = plan.config.init_from
     if source is None and prev is not None:
         source = f"{absolute(cfg.checkpoint.dir).rstrip('/')}/{prev.name}/final"

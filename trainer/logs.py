@@ -141,19 +141,51 @@ class TrainLogger:
             for k, v in rec.items():
                 if self._tb is not None and isinstance(v, float) and k != "time":
                     self._tb.add_scalar(f"{stage}/{k}" if k != "loss" else "loss", v, global_step)
-            self._jsonl.write(json.dumps(rec, sort_keys=True) + "\n")
-            self._jsonl.flush()
+            self._append(rec)
         return rec
 
     def event(self, message: str, **fields: Any) -> None:
         """A milestone (stage start, checkpoint, resume) on the console and in the JSONL."""
         console_step(message)
         if self.is_main:
-            self._jsonl.write(json.dumps({"time": time.time(), "event": message, **fields}, sort_keys=True) + "\n")
+            self._append({"time": time.time(), "event": message, **fields})
+
+    def rewind(self, stage: str, step: int) -> None:
+        """Forget ``stage``'s step records after ``step`` (a resume runs those steps again), so
+        ``train.jsonl`` never holds a step twice. The file is rewritten whole, then renamed."""
+        if not self.is_main:
+            return
+        path = os.path.join(self.log_dir, "train.jsonl")
+        self._jsonl.close()
+        kept = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a kill
+                if not (rec.get("stage") == stage and "event" not in rec and rec.get("step", 0) > step):
+                    kept.append(json.dumps(rec, sort_keys=True) + "\n")
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        try:
+            self._jsonl.write(json.dumps(rec, sort_keys=True) + "\n")
             self._jsonl.flush()
+        except OSError as err:  # a full disk: the job's one error line names the file
+            err.add_note(f"writing {os.path.join(self.log_dir, 'train.jsonl')}")
+            raise
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
+        """Close the files; a failure to flush them (a full disk) must not hide the error that
+        ended the run, so it is swallowed here."""
+        for handle in (self._tb, self._jsonl):
+            try:
+                if handle is not None:
+                    handle.close()
+            except OSError:
+                pass

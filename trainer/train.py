@@ -11,6 +11,7 @@ parameters are restored onto the new stage's mesh.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +49,15 @@ def _lineage_entry(plan: StagePlan) -> dict[str, Any]:
 
 
 def _meta(cfg: TrainConfig, plan: StagePlan, start: StageStart, step: int, global_step: int) -> dict[str, Any]:
+    entry = _lineage_entry(plan)
+    if start.resume_changes:  # resumes that changed seed/optimizer/data on purpose stay on record
+        entry["resume_changes"] = start.resume_changes
     return {
         "stage": plan.name, "stage_index": plan.index, "step": step, "global_step": global_step,
         "data": {"seed": cfg.seed, "stage": plan.name, "manifest_sha256": plan.manifest.sha256,
                  "batch_size": plan.batch_size, "next_step": step},
         "rng": np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), global_step))).tolist(),
-        "lineage": start.lineage + [_lineage_entry(plan)],
+        "lineage": start.lineage + [entry],
         "init": start.source, "config": to_dict(cfg), "code_version": code_version(),
     }
 
@@ -78,7 +82,8 @@ def _flops_per_step(cfg: TrainConfig, plan: StagePlan) -> float:
     return float(flops.step_flops(cfg.model, plan.config.seq_len, plan.batch_size).total_halved)
 
 
-def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger: TrainLogger, global_step: int) -> StageResult:
+def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger: TrainLogger, global_step: int,
+              *, allow_resume_changes: bool = False) -> StageResult:  # fmt: skip
     from lwmkit.trainer.mesh import describe as describe_mesh
     from lwmkit.trainer.mesh import make_mesh
 
@@ -93,7 +98,11 @@ def run_stage(cfg: TrainConfig, plan: StagePlan, prev: StagePlan | None, logger:
     permutation = stage_permutation(plan, mesh)
     optimizer, schedule = make_optimizer(plan.optimizer, plan.steps)
     step_fn = build_step(cfg.model, plan, mesh, optimizer, abstract_model_params(cfg.model), permutation)
-    start = start_stage(cfg, plan, prev, ckpts, step_fn, optimizer)
+    start = start_stage(cfg, plan, prev, ckpts, step_fn, optimizer, allow_resume_changes=allow_resume_changes)
+    if start.resumed:  # the steps after the checkpoint run again: their old records go
+        logger.rewind(plan.name, start.step)
+    for change in start.resume_changes[-1:] if start.resumed else []:
+        logger.event(f"stage '{plan.name}' resumed with changes (allowed): {change['changed']}", stage=plan.name)
     logger.event(f"stage '{plan.name}' on mesh {describe_mesh(mesh)}: {start.source}, step {start.step}/{plan.steps}",
                  stage=plan.name, step=start.step, init=start.source)
     params, opt_state = start.params, start.opt_state
@@ -148,21 +157,33 @@ def _logger(cfg: TrainConfig) -> TrainLogger:
                        is_main=jax.process_index() == 0)
 
 
-def train(cfg: TrainConfig) -> list[StageResult]:
-    """Run (or resume) every stage of ``cfg`` in order."""
+def train(cfg: TrainConfig, *, allow_resume_changes: bool = False) -> list[StageResult]:
+    """Run (or resume) every stage of ``cfg`` in order (``allow_resume_changes``: see start_stage)."""
     plans = plan_stages(cfg)
-    logger = _logger(cfg)
-    for line in describe(plans):
-        logger.event(line)
-    results, global_step, prev = [], 0, None
-    try:
-        for plan in plans:
-            results.append(run_stage(cfg, plan, prev, logger, global_step))
-            global_step += plan.steps
-            prev = plan
-    finally:
-        logger.close()
+    with _checkpoint_lease(cfg):
+        logger = _logger(cfg)
+        for line in describe(plans):
+            logger.event(line)
+        results, global_step, prev = [], 0, None
+        try:
+            for plan in plans:
+                result = run_stage(cfg, plan, prev, logger, global_step, allow_resume_changes=allow_resume_changes)
+                results.append(result)
+                global_step += plan.steps
+                prev = plan
+        finally:
+            logger.close()
     return results
+
+
+def _checkpoint_lease(cfg: TrainConfig) -> AbstractContextManager:
+    """One run per checkpoint folder (held by process 0: the hosts of one run share it)."""
+    from lwmkit.runtime.lease import lease_output
+    from lwmkit.runtime.progress import warn
+
+    if jax.process_index() != 0:
+        return nullcontext()
+    return lease_output(cfg.checkpoint.dir, "lwmkit train", note=warn)
 
 
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:

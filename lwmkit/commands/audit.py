@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from lwmkit.schemas.errors import ContractError
+
 _HELP_EXIT = (
     "Exit status: 0 pass; 1 a source's share drifted beyond the tolerance (or is undeclared); "
-    "3 integrity failure: a shard missing or corrupt, or a manifest the shards contradict; "
-    "2 unusable input (no manifest, a bad mixture file or flag)."
+    "3 integrity failure: a shard missing or corrupt (a malformed array, .npy header, tar or member), "
+    "or a manifest the shards contradict; 2 unusable input (no manifest, a bad mixture file or flag, "
+    "a report path that cannot be written); 4 internal error of the audit itself (one line; the full "
+    "trace goes to a log file it names). Only 1 and 3 are verdicts about the data."
 )
 
 
@@ -40,6 +44,29 @@ def audit(
     """Recount what a shard set really holds (tokens, loss tokens, examples, sequences per source and
     modality; padding; length and frame distributions), verify every shard's checksum, and compare
     the declared mixture, the manifest and the recount. Extra --flags go to Beam."""
+    try:
+        code = _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner, set_, quiet)
+    except ContractError:
+        raise  # exit 2 with one line (lwmkit.cli.main)
+    except OSError as err:  # an output we were told to write cannot be
+        raise ContractError(f"cannot write ({type(err).__name__}: {err.strerror or err})",
+                            source=getattr(err, "filename", None) or "report") from None  # fmt: skip
+    except Exception as err:  # a bug or an unforeseen input: never mistaken for a verdict
+        from lwmkit.pipelines.audit_compare import EXIT_INTERNAL
+        from lwmkit.runtime.progress import crash_log, error
+
+        error(
+            f"internal error in audit ({type(err).__name__}: {err}); full trace in {crash_log('audit', err)}"
+        )
+        raise SystemExit(EXIT_INTERNAL) from None
+    if code:
+        # SystemExit, not typer.Exit: click run with standalone_mode=False (as lwmkit.cli.main
+        # does) turns typer.Exit(n) into a return value, and the status would be lost.
+        raise SystemExit(code)
+
+
+def _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner, set_, quiet) -> int:  # noqa: ANN001
+    """The audit and its reports; returns the verdict's exit status."""
     from lwmkit.pipelines.audit import AuditConfig
     from lwmkit.pipelines.audit import audit as run_audit
     from lwmkit.pipelines.audit_report import print_report, report_console, write_html, write_json
@@ -76,10 +103,7 @@ def audit(
 
         write_atomic(dashboard, render_dashboard(result))
         step(f"dashboard: {dashboard}")
-    if result.exit_code:
-        # SystemExit, not typer.Exit: click run with standalone_mode=False (as lwmkit.cli.main
-        # does) turns typer.Exit(n) into a return value, and the status would be lost.
-        raise SystemExit(result.exit_code)
+    return result.exit_code
 
 
 def register(app: typer.Typer) -> None:

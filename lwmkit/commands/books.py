@@ -22,9 +22,10 @@ def books(ctx: typer.Context) -> None:
 
 
 def _failures() -> tuple[type[BaseException], ...]:
+    from lwmkit.pipelines.books import BooksJobFailed
     from lwmkit.pipelines.llm_server import ServerError
 
-    return (ServerError,)
+    return (ServerError, BooksJobFailed)
 
 
 def register(app: typer.Typer) -> None:

@@ -40,14 +40,34 @@ def pack(
     go to Beam unchanged (e.g. --direct_running_mode=multi_threading).
     """
     from lwmkit.pipelines.pack import run_pack, stage_target
+    from lwmkit.runtime.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
+    from lwmkit.schemas import ContractError
 
     target = stage_target(train, stage, seq_len, train_overrides or ()) if train else None
     out = out or (target.out if target else None)
     beam_args = [f"--runner={runner}", *ctx.args]
     if workers:
         beam_args += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-    manifest = run_pack(mixture, seq_len, stage, out, tokenizer=tokenizer, overrides=overrides or (),
-                        pipeline_args=beam_args, target=target)  # fmt: skip
+    log = job_log_path("pack")
+    try:
+        with errors_to_log(log, "apache_beam"):
+            manifest = run_pack(
+                mixture,
+                seq_len,
+                stage,
+                out,
+                tokenizer=tokenizer,
+                overrides=overrides or (),
+                pipeline_args=beam_args,
+                target=target,
+            )
+    except Exception as err:
+        failure = None if isinstance(err, ContractError) else describe_io_failure(err)
+        if failure is None:
+            raise
+        # A full disk, a read-only or blocked folder: one line, the whole story in the job's log.
+        error(f"{failure}; full trace in {crash_log('pack', err, path=log)}")
+        raise SystemExit(1) from None
     shares = {name: c.tokens for name, c in manifest.per_source.items()}
     total = sum(shares.values()) or 1
     typer.echo(

@@ -15,6 +15,10 @@ def train(
     num_processes: int = typer.Option(None, "--num-processes", help="Multi-host: number of processes (or LWMKIT_NUM_PROCESSES)."),
     process_id: int = typer.Option(None, "--process-id", help="Multi-host: this process's id (or LWMKIT_PROCESS_ID)."),
     auto_distributed: bool = typer.Option(False, "--distributed-auto", help="Let JAX detect the cluster (TPU pod, SLURM, MPI)."),
+    allow_resume_changes: bool = typer.Option(
+        False, "--allow-resume-changes",
+        help="Resume even though seed, optimizer or data differ from the checkpoint's (recorded in the lineage).",
+    ),  # fmt: skip
 ) -> None:
     """Train stage by stage: each stage's shards checked against it, checkpoints with exact resume.
 
@@ -42,15 +46,24 @@ def train(
             )
             typer.echo(json.dumps(r, sort_keys=True))
         return
-    from lwmkit.runtime.progress import error
+    from lwmkit.runtime.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
+    from lwmkit.schemas import ContractError
     from lwmkit.trainer.checkpoint import CheckpointError
     from lwmkit.trainer.train import train as run
 
+    log = job_log_path("train")
     try:
-        results = run(cfg)
+        with errors_to_log(log, "absl"):  # orbax logs a failed save's traceback through absl
+            results = run(cfg, allow_resume_changes=allow_resume_changes)
     except CheckpointError as err:  # one line naming the checkpoint, not orbax's tracebacks
-        error(str(err))
+        error(f"{err}; full trace in {crash_log('train', getattr(err, 'original', err), path=log)}")
         raise typer.Exit(1) from None
+    except Exception as err:
+        failure = None if isinstance(err, ContractError) else describe_io_failure(err)
+        if failure is None:
+            raise
+        error(f"{failure}; full trace in {crash_log('train', err, path=log)}")
+        raise SystemExit(1) from None
     for result in results:
         state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
         typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")

@@ -8,6 +8,7 @@ in an override is an error naming the field and the file.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -21,7 +22,32 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e6`` as a float (YAML 1.1 would make it the string "1e6")."""
+    """SafeLoader that reads ``1e6`` as a float (YAML 1.1 would make it the string "1e6"), and
+    refuses a key given twice in one mapping (YAML's "last one wins" hides typos) and
+    non-finite numbers (``.inf``/``.nan``: no lwmkit setting means them)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a finite number", node.start_mark
+            )
+        return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 
 
 _Loader.add_implicit_resolver(
@@ -29,6 +55,16 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line from a YAML error: ``line L, column C: what``."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    what = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    if context and getattr(err, "problem", None):
+        what = f"{what} ({' '.join(str(context).split())})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
 
 
 def parse_yaml(text: str) -> Any:
@@ -55,7 +91,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             value = parse_yaml(raw)
         except yaml.YAMLError as err:
-            raise ContractError(f"value {raw!r} is not valid YAML ({err})", field=key, source="--set") from None
+            raise ContractError(f"value {raw!r} is not valid YAML ({yaml_problem(err)})", field=key,
+                                source="--set") from None  # fmt: skip
         node: Any = data
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]
@@ -87,7 +124,8 @@ def read_yaml(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ContractError("config file not found", source=path) from None
     except yaml.YAMLError as err:
-        raise ContractError(f"is not valid YAML ({err})", source=path) from None
+        refused = isinstance(err, yaml.constructor.ConstructorError)  # valid YAML, but a duplicate key or inf/nan
+        raise ContractError(f"{'' if refused else 'is not valid YAML: '}{yaml_problem(err)}", source=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -12,6 +12,7 @@ DoFns must write through it). Beam is imported only when :data:`BEAM` is used.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from typing import Protocol
@@ -36,6 +37,7 @@ class Files(Protocol):
     def make_parent(self, path: str) -> None: ...
     def write(self, path: str, data: bytes) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
+    def remove(self, path: str) -> None: ...
 
 
 class _Fsspec:
@@ -66,9 +68,19 @@ class _Fsspec:
 
     def rename(self, src: str, dst: str) -> None:
         import fsspec
+        from fsspec.implementations.local import LocalFileSystem
 
         fs, p = fsspec.core.url_to_fs(src)
-        fs.mv(p, fsspec.core.url_to_fs(dst)[1])
+        if isinstance(fs, LocalFileSystem):
+            os.replace(p, fsspec.core.url_to_fs(dst)[1])  # fs.mv onto a folder would move the file *into* it
+        else:
+            fs.mv(p, fsspec.core.url_to_fs(dst)[1])
+
+    def remove(self, path: str) -> None:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        fs.rm(p)
 
 
 class _Beam:
@@ -98,14 +110,31 @@ class _Beam:
 
         FileSystems.rename([src], [dst])  # replaces an existing file (os.rename locally; copy on buckets)
 
+    def remove(self, path: str) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.delete([path])
+
 
 FSSPEC: Files = _Fsspec()
 BEAM: Files = _Beam()
 
 
 def write_atomic(path: str, data: bytes, files: Files = FSSPEC) -> None:
-    """Write ``data`` to a temporary sibling of ``path``, then rename it into place (no torn files)."""
-    files.make_parent(path)
+    """Write ``data`` to a temporary sibling of ``path``, then rename it into place (no torn files).
+
+    An OSError (a full disk, a read-only folder, a file where a folder should be) carries the
+    note ``writing PATH``, so the one line a job prints names the file meant, and the torn
+    temporary is removed first."""
     tmp = temp_path(path)
-    files.write(tmp, data)
-    files.rename(tmp, path)
+    try:
+        files.make_parent(path)
+        files.write(tmp, data)
+        files.rename(tmp, path)
+    except OSError as err:
+        err.add_note(f"writing {path}")
+        try:
+            files.remove(tmp)
+        except Exception:  # noqa: BLE001 -- it may never have been created; the write's error is the story
+            pass
+        raise

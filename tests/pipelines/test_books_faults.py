@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.books import run
+from lwmkit.pipelines.books import BooksJobFailed, run
 from lwmkit.pipelines.chunking import chunk_text, clean_book
 from lwmkit.pipelines.qa_grade import content_words
 from lwmkit.schemas.dead_letters import read_dead_letters
@@ -190,7 +190,7 @@ def test_every_chunk_is_done_or_dead_lettered_under_faults(
         if mode == "multi_processing"
         else []
     )
-    summary = _job([str(book)], out, srv.endpoint, *runner)
+    summary = _job([str(book)], out, srv.endpoint, "--max_failure_ratio=1", *runner)
 
     done = {r["chunk_id"] for r in _records(out)}
     dead = [d for d in read_dead_letters(str(out / "dead_letters.jsonl")) if d.stage == "qa"]
@@ -258,7 +258,9 @@ def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, sec
     srv = faulty_server(fault_rate=1.0, hang_s=0.0, seed=1)
     src = tmp_path / "b.txt"
     src.write_text("One sentence here. Another sentence there. A third one.")
-    summary = _job([str(src)], tmp_path / "out", srv.endpoint, "--qa_max_attempts=2")
+    with pytest.raises(BooksJobFailed, match=r"1 of 1 chunks failed QA \(100% > max_failure_ratio 10%\)"):
+        _job([str(src)], tmp_path / "out", srv.endpoint, "--qa_max_attempts=2")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())  # outputs are still written
     assert _records(tmp_path / "out") == []
     dead = [d for d in read_dead_letters(str(tmp_path / "out" / "dead_letters.jsonl")) if d.stage == "qa"]
     assert [d.uri for d in dead] == ["b/000000"] and "after 2 request(s)" in dead[0].message
