@@ -59,6 +59,7 @@ COUNTERS = (
     "chunks_cached",
     "chunks_failed",
     "chunks_unreachable",
+    "chunks_ungrounded",
     "qa_pairs",
     "qa_requests",
     "qa_retries",
@@ -139,7 +140,8 @@ class BooksOptions(PipelineOptions):
             "--max_failure_ratio",
             type=float,
             default=0.1,
-            help="Exit non-zero when more than this share of chunks is dead-lettered (outputs are still written).",
+            help="Exit non-zero when more than this share of chunks fails QA with an error (unreachable, timeout, "
+            "unparsable reply; chunks the QA gate rejects do not count). Outputs are still written.",
         )
         add(
             "--qa_max_attempts",
@@ -368,12 +370,17 @@ def _judge(n: dict[str, int], max_failure_ratio: float, endpoint: str, dead_lett
             f"QA endpoint {endpoint} is unreachable: {n['chunks_failed']} chunks dead-lettered with "
             f"connection failures; see {dead_letters}"
         )
+    # A chunk the QA gate rejected was answered: that is the data's quality (the gate's summary line
+    # reports it), not the job failing. The ratio counts errors: transport, timeouts, unparsable replies.
+    errors = n["chunks_failed"] - n.get("chunks_ungrounded", 0)
     attempted = n["chunks_done"] + n["chunks_failed"]
-    ratio = n["chunks_failed"] / attempted if attempted else 0.0
+    ratio = errors / attempted if attempted else 0.0
     if ratio > max_failure_ratio:
+        gate = n.get("chunks_ungrounded", 0)
+        also = f"; {gate} more rejected by the QA gate (not counted)" if gate else ""
         raise BooksJobFailed(
-            f"{n['chunks_failed']} of {attempted} chunks failed QA ({ratio:.0%} > max_failure_ratio "
-            f"{max_failure_ratio:.0%}); see {dead_letters}"
+            f"{errors} of {attempted} chunks failed QA ({ratio:.0%} > max_failure_ratio "
+            f"{max_failure_ratio:.0%}){also}; see {dead_letters}"
         )
 
 

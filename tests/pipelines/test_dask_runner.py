@@ -268,8 +268,10 @@ class _QAHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             self.server.requests += 1
-        words = [w for w in body["messages"][-1]["content"].split() if w.isalpha()][:2] or ["book"]
-        qa = [{"question": f"Which word is {w}?", "answer": w} for w in words]
+        words = [w for w in body["messages"][-1]["content"].split() if w.isalpha()][:3]
+        words = words if len(words) == 3 else ["book", "title", "page"]
+        # not trivial for the QA gate: the answer is a word the question does not hold
+        qa = [{"question": f"Which word follows {a}?", "answer": b} for a, b in zip(words[:-1], words[1:], strict=True)]
         reply = {"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
                  "message": {"role": "assistant", "content": json.dumps({"qa": qa})}}]}  # fmt: skip
         data = json.dumps(reply).encode()
@@ -295,7 +297,7 @@ def test_books_on_dask_matches_the_direct_runner(cluster, qa_server, botchan, tm
     (tmp_path / "in" / "blob.txt").write_bytes(bytes(range(256)) * 4)  # a dead letter
     endpoint = f"http://127.0.0.1:{qa_server.server_address[1]}/v1"
     common = ["books", f"--input={tmp_path / 'in' / '*'}", "--chunk_tokens=200", f"--qa_endpoint={endpoint}",
-              "--qa_model=fixed-qa"]  # fmt: skip
+              "--qa_model=fixed-qa", "--qa_min_grounding=0", "--qa_min_span=0"]  # fmt: skip (gate: debris/length/trivial only)
     main([*common, f"--output={tmp_path / 'direct'}"])
     direct_requests, before = qa_server.requests, cluster.executed()
     main([*common, f"--output={tmp_path / 'dask'}", *_dask_args(cluster)])
