@@ -53,9 +53,12 @@ def train(
 
     log = job_log_path("train")
     try:
-        with errors_to_log(log, "absl"):  # orbax logs a failed save's traceback through absl
+        with errors_to_log(log, "absl", "asyncio"):  # orbax: a failed save's traceback via absl; its tasks' via asyncio
             results = run(cfg, allow_resume_changes=allow_resume_changes)
     except CheckpointError as err:  # one line naming the checkpoint, not orbax's tracebacks
+        # orbax's failed writer tasks report ("Task exception was never retrieved") only when they
+        # are collected, possibly at exit: their asyncio records go to the log from here on too.
+        _asyncio_to_log(log)
         error(f"{err}; full trace in {crash_log('train', getattr(err, 'original', err), path=log)}")
         raise typer.Exit(1) from None
     except Exception as err:
@@ -67,6 +70,16 @@ def train(
     for result in results:
         state = "skipped (already final)" if result.skipped else f"{len(result.losses)} steps from step {result.first_step}"
         typer.echo(f"stage {result.name}: {state}; final checkpoint {result.final_dir}")
+
+
+def _asyncio_to_log(path: str) -> None:
+    import logging
+
+    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    logger.propagate = False
 
 
 def register(app: typer.Typer) -> None:
