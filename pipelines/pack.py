@@ -34,6 +34,9 @@ from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, p
 from lwmkit.pipelines.rejects import plan_or_explain
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.sequences import fit_example
+from lwmkit.runtime.config import load_config
+from lwmkit.runtime.lease import lease_output
+from lwmkit.runtime.progress import error, step, warn
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.manifest import Manifest, load_manifest
 from lwmkit.schemas.mixture import MixtureConfig
@@ -74,7 +77,6 @@ def stage_target(train: str | TrainConfig, stage: str, seq_len: int | None = Non
                  overrides: Sequence[str] = ()) -> StageTarget:  # fmt: skip
     """Stage ``stage`` of the training config ``train`` (a YAML path or a config; ``overrides``
     are its ``--set``). A ``seq_len`` given as well must agree with the stage's."""
-    from lwmkit.runtime.config import load_config
 
     source = train if isinstance(train, str) else "training config"
     cfg = load_config(TrainConfig, train, overrides) if isinstance(train, str) else train
@@ -252,9 +254,6 @@ def run_pack(
     ``pipeline_args`` are Beam flags (``--runner``, ``--direct_num_workers``, ...).
     Raises ContractError for a bad config or input before any shard is written.
     """
-    from lwmkit.runtime.config import load_config
-    from lwmkit.runtime.lease import lease_output
-    from lwmkit.runtime.progress import step, warn
 
     if target is not None:
         if (seq_len is not None and seq_len != target.seq_len) or stage != target.stage:
@@ -316,7 +315,6 @@ def run(argv: Sequence[str] | None = None) -> Manifest:
 if __name__ == "__main__":
     import sys
 
-    from lwmkit.runtime.progress import error
 
     try:
         run()
