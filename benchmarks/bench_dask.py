@@ -77,7 +77,7 @@ def run_vision(inputs: str, out: Path, fps: str, runner: list[str]) -> float:
     from lwmkit.pipelines.vision import run
 
     t = time.perf_counter()
-    summary = run(["--inputs", inputs, "--output", str(out), "--fps", fps, "--record_shards", "2", *runner])
+    summary = run(["--inputs", inputs, "--output", str(out), "--fps", fps, "--num-shards", "2", *runner])
     FRAMES[inputs] = summary.frames
     return time.perf_counter() - t
 

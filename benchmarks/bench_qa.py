@@ -69,9 +69,9 @@ def main() -> None:
         ok = sum(r.ok for r in results)
 
         t0 = time.perf_counter()
-        summary = run([f"--input={book}", f"--output={tmp}/out", f"--chunk_tokens={args.chunk_tokens}", "--qa_cache=none",
-                       f"--qa_endpoint={srv.endpoint}", f"--qa_model={srv.model}", f"--qa_max_tokens={args.max_tokens}",
-                       "--qa_response_format=json_object", "--qa_max_in_flight=2"])  # fmt: skip
+        summary = run([f"--input={book}", f"--output={tmp}/out", f"--chunk-tokens={args.chunk_tokens}", "--qa-cache=none",
+                       f"--qa-endpoint={srv.endpoint}", f"--qa-model={srv.model}", f"--qa-max-tokens={args.max_tokens}",
+                       "--qa-response-format=json_object", "--qa-max-in-flight=2"])  # fmt: skip
         job_s = time.perf_counter() - t0
 
     n = summary["counters"]

@@ -121,8 +121,8 @@ def main() -> None:
         book.parent.mkdir(parents=True, exist_ok=True)
         book.write_text(text, encoding="utf-8")
         t0 = time.monotonic()
-        summary = run([f"--input={book}", f"--output={out / 'job'}", f"--chunk_tokens={args.chunk_tokens}",
-                       f"--qa_max_tokens={args.max_tokens}", "--qa_pairs=3"])  # fmt: skip
+        summary = run([f"--input={book}", f"--output={out / 'job'}", f"--chunk-tokens={args.chunk_tokens}",
+                       f"--qa-max-tokens={args.max_tokens}", "--qa-pairs=3"])  # fmt: skip
         wall = time.monotonic() - t0
         rows = [
             r

@@ -261,16 +261,16 @@ def run_demo(out: Path, size: DemoSize) -> DemoResult:
     r.step("sample-data", _lwmkit("sample-data", "samples"))
     r.step("inputs", lambda: write_inputs(out, size))
     r.step("vision", _lwmkit(
-        "vision", "--inputs", "inputs/videos.csv", "--output", "vision", "--source_name", "clips",
-        "--fps", str(size.fps), "--max_frames", str(size.max_frames), "--vqgan_batch", "2",
-        "--record_shards", "1", "--preview", "2"))
+        "vision", "--inputs", "inputs/videos.csv", "--output", "vision", "--source", "clips",
+        "--fps", str(size.fps), "--max-frames", str(size.max_frames), "--vqgan-batch", "2",
+        "--num-shards", "1", "--preview", "2"))
     # SmolLM2-135M rarely quotes its answers from the passage, and the demo's book source must
     # not come out empty: only debris, length and trivial pairs are dropped here (the grounding
     # scores are still recorded). Real data keeps the QA gate's defaults.
     r.step("books", _lwmkit(
         "books", "--input", "inputs/book/*.txt", "--output", "books", "--source", "botchan",
-        "--chunk_tokens", str(size.chunk_tokens), "--qa_pairs", str(size.qa_pairs), "--num_shards", "1",
-        "--qa_min_grounding", "0", "--qa_min_span", "0"))
+        "--chunk-tokens", str(size.chunk_tokens), "--qa-pairs", str(size.qa_pairs), "--num-shards", "1",
+        "--qa-min-grounding", "0", "--qa-min-span", "0"))
     _stage_steps(r, size)
     # Orbax wants an absolute checkpoint path; the config's is relative to the output folder.
     # A changed training config makes training and everything after it run again.

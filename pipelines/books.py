@@ -5,15 +5,15 @@
 
 Run it as ``lwmkit books --input 'books/*.txt' --output out/`` or
 ``python -m lwmkit.pipelines.books ...`` with any Beam runner flags. With no
-``--qa_endpoint`` the job starts a local llama.cpp server for SmolLM2-135M-Instruct on a
-loopback port and stops it at the end; point ``--qa_endpoint``/``--qa_model`` at vLLM (or any
+``--qa-endpoint`` the job starts a local llama.cpp server for SmolLM2-135M-Instruct on a
+loopback port and stops it at the end; point ``--qa-endpoint``/``--qa-model`` at vLLM (or any
 OpenAI-compatible API) instead. The API key is read from the environment variable named by
-``--qa_api_key_env`` (default ``LWMKIT_QA_API_KEY``, then ``OPENAI_API_KEY``) — never a flag.
+``--qa-api-key-env`` (default ``LWMKIT_QA_API_KEY``, then ``OPENAI_API_KEY``) — never a flag.
 
 Output (``--output``): ``chunks-SSSSS-of-NNNNN.parquet`` (``BOOK_CHUNK`` records),
 ``dead_letters.jsonl`` (every book or chunk that failed, with the reason and any raw model
 reply), ``summary.json`` (counters and settings), and ``qa_cache/`` (the response cache,
-unless ``--qa_cache`` puts it elsewhere).
+unless ``--qa-cache`` puts it elsewhere).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.book_io import DEAD, JOB, NAMESPACE, RawBook, ReadBooks, dead_letter, dead_letter_counts
-from lwmkit.pipelines.books_options import BooksOptions
 from lwmkit.pipelines.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.qa_client import QAClientConfig
 from lwmkit.pipelines.qa_grade import GradeConfig, grade_summary, summary_line
@@ -45,11 +44,14 @@ from lwmkit.runtime.dead_letters import WriteDeadLetters
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
+from lwmkit.schemas.flags import help_text as flag_help
+from lwmkit.schemas.flags import parse_job
+from lwmkit.schemas.jobs import BEAM_PASS_THROUGH, BooksJob
 from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
 
 
 class BooksJobFailed(RuntimeError):
-    """The QA endpoint is unreachable, or more chunks failed than ``--max_failure_ratio`` allows."""
+    """The QA endpoint is unreachable, or more chunks failed than ``--max-failure-ratio`` allows."""
 
 
 COUNTERS = (
@@ -110,12 +112,7 @@ class ChunkBooks(beam.DoFn):
             }
 
 
-def _require(ok: bool, flag: str, message: str) -> None:
-    if not ok:
-        raise ContractError(message, field=flag, source="books options")
-
-
-def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -> QAClientConfig:
+def _client_config(o: BooksJob, endpoint: str, model: str, embedded: bool) -> QAClientConfig:
     try:
         return QAClientConfig(
             endpoint=endpoint, model=model, api_key_env=o.qa_api_key_env,
@@ -130,7 +127,7 @@ def _client_config(o: BooksOptions, endpoint: str, model: str, embedded: bool) -
         raise ContractError(str(err), source="books options") from None
 
 
-def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | None) -> None:
+def build(p: beam.Pipeline, o: BooksJob, qa: QAClientConfig, cache: str | None) -> None:
     """The job's graph: reads like the diagram in this module's docstring."""
     prompt = load_prompt(o.qa_prompt)
     policy = ReadPolicy(errors=o.encoding_errors, strip_gutenberg=not o.keep_gutenberg, encoding=o.encoding)
@@ -154,17 +151,7 @@ def build(p: beam.Pipeline, o: BooksOptions, qa: QAClientConfig, cache: str | No
     )
 
 
-def _known_codec(name: str) -> bool:
-    import codecs
-
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        return False
-    return True
-
-
-def _grade_config(o: BooksOptions) -> GradeConfig:
+def _grade_config(o: BooksJob) -> GradeConfig:
     try:
         return GradeConfig(min_grounding=o.qa_min_grounding, min_span=o.qa_min_span, regrades=o.qa_regrades)
     except ValueError as err:
@@ -190,29 +177,20 @@ def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the job; returns the summary also written to ``OUTPUT/summary.json``."""
-    options = adapt(PipelineOptions(list(argv) if argv is not None else sys.argv[1:]))
-    o = options.view_as(BooksOptions)
-    _require(bool(o.input), "--input", "at least one --input pattern is required")
-    _require(bool(o.output), "--output", "an --output folder is required")
-    _require(o.chunk_tokens >= 16, "--chunk_tokens", f"must be >= 16, got {o.chunk_tokens}")
-    _require(o.num_shards >= 1, "--num_shards", "must be >= 1")
-    _require(not (o.qa_endpoint and not o.qa_model), "--qa_model", "is required with --qa_endpoint")
-    _require(
-        o.encoding == "auto" or _known_codec(o.encoding), "--encoding", f"unknown encoding {o.encoding!r}"
-    )
-    _grade_config(o)
-    _require(0.0 <= o.max_failure_ratio <= 1.0, "--max_failure_ratio", "must be in [0, 1]")
+    job, beam_args = parse_job(BooksJob, list(argv) if argv is not None else sys.argv[1:], "books")
+    options = adapt(PipelineOptions(beam_args))
+    _grade_config(job)
     cache = (
         None
-        if (o.qa_cache or "").lower() == "none"
-        else (o.qa_cache or FileSystems.join(o.output, "qa_cache"))
+        if (job.qa_cache or "").lower() == "none"
+        else (job.qa_cache or FileSystems.join(job.output, "qa_cache"))
     )
     # One writer per output: two runs would interleave shards, dead letters and the summary.
-    with lease_output(o.output, "lwmkit books", note=warn):
-        return _run(options, o, cache)
+    with lease_output(job.output, "lwmkit books", note=warn):
+        return _run(options, job, cache)
 
 
-def _run(options: PipelineOptions, o: BooksOptions, cache: str | None) -> dict[str, Any]:
+def _run(options: PipelineOptions, o: BooksJob, cache: str | None) -> dict[str, Any]:
     with ExitStack() as stack:
         endpoint, model, embedded = o.qa_endpoint, o.qa_model, not o.qa_endpoint
         if embedded:
@@ -269,21 +247,12 @@ def _judge(n: dict[str, int], max_failure_ratio: float, endpoint: str, dead_lett
         )
 
 
-def help_text() -> str:
+def help_text(prog: str = "lwmkit books") -> str:
     """Usage of the job's own flags (Beam's runner flags are accepted too)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="lwmkit books", description=__doc__.split("\n\n")[0], add_help=False
-    )
-    BooksOptions._add_argparse_args(parser)
-    return (
-        parser.format_help()
-        + "\nBeam flags work too: --runner, --direct_num_workers=2 --direct_running_mode=multi_processing, ...\n"
-    )
+    return flag_help(BooksJob, prog, __doc__.split("\n\n")[0], BEAM_PASS_THROUGH)
 
 
-def _start_embedded(stack: ExitStack, o: BooksOptions) -> tuple[str, str]:
+def _start_embedded(stack: ExitStack, o: BooksJob) -> tuple[str, str]:
     from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig
 
     config = ServerConfig(model_path=o.qa_server_model, n_ctx=o.qa_server_ctx, n_threads=o.qa_server_threads)

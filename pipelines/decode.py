@@ -24,7 +24,6 @@ from PIL import Image, ImageOps
 
 from lwmkit.pipelines.decode_ffmpeg import ffmpeg_frames, plan_ffmpeg
 from lwmkit.pipelines.decode_plan import (
-    DECODERS,
     ClipPlan,
     CorruptMedia,
     DecodeConfig,
@@ -43,6 +42,7 @@ from lwmkit.pipelines.decode_plan import (
     select_frames,
     video_end,
 )
+from lwmkit.schemas.jobs import DECODERS
 
 _CHUNK = 8  # frames decord fetches per call
 

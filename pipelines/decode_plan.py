@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 from lwmkit.schemas.dead_letters import normalise_message
+from lwmkit.schemas.jobs import DEFAULT_MAX_PIXELS
 from lwmkit.schemas.strict import require
 from lwmkit.tokenizers.vision_layout import sample_frames
 
-DECODERS = ("decord", "ffmpeg")
 EPS = 1e-6  # keeps a frame exactly on a bucket boundary in the same bucket in Python and ffmpeg
 
 
@@ -120,7 +120,7 @@ class DecodeConfig:
     """Resize so the shorter side has this many pixels (bicubic)."""
     crop: int = 256
     """Then centre-crop a square of this side."""
-    max_pixels: int = 8192 * 8192
+    max_pixels: int = DEFAULT_MAX_PIXELS
     """Larger source frames are refused (MediaTooLarge) instead of exhausting memory."""
     max_source_frames: int = 10_000_000
     """Videos whose index lists more frames are refused (a corrupt header can claim billions)."""

@@ -10,7 +10,7 @@ The stage is the one source of the sequence length: ``lwmkit pack --mixture M.ya
 T.yaml --stage s32k`` takes seq_len (and the expected tokenizer/VQGAN ids, and the output folder:
 the stage's ``data``) from stage ``s32k`` of the training config (:func:`stage_target`).
 Without a training config: ``lwmkit pack --mixture M.yaml --seq-len 32768 --stage s32k --out DIR``, or
-``python -m lwmkit.pipelines.pack --mixture M.yaml --seq_len 32768 --stage s32k --out DIR
+``python -m lwmkit.pipelines.pack --mixture M.yaml --seq-len 32768 --stage s32k --out DIR
 [--runner DirectRunner --direct_num_workers 2 --direct_running_mode multi_processing]``,
 or from Python with :func:`run_pack`. Same inputs + seed -> byte-identical shards on any
 runner and worker count.
@@ -19,6 +19,7 @@ runner and worker count.
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.formatting import Example
 from lwmkit.pipelines.mixture import MixturePlan, example_key
-from lwmkit.pipelines.options import add_flag
 from lwmkit.pipelines.pack_sources import COUNTS, DEAD, ReadSource, list_files
 from lwmkit.pipelines.pack_write import PackPartition, PackSettings, finalize, prepare_output
 from lwmkit.pipelines.rejects import plan_or_explain
@@ -38,27 +38,12 @@ from lwmkit.runtime.config import load_config
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import error, step, warn
 from lwmkit.schemas.errors import ContractError
+from lwmkit.schemas.flags import help_text as flag_help
+from lwmkit.schemas.flags import parse_job
+from lwmkit.schemas.jobs import BEAM_PASS_THROUGH, PackJob
 from lwmkit.schemas.manifest import Manifest, load_manifest
 from lwmkit.schemas.mixture import MixtureConfig
 from lwmkit.schemas.training import TrainConfig
-
-
-class PackOptions(PipelineOptions):
-    """Flags of the pack job (every Beam flag works beside them)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--mixture", default=None, help="Mixture config YAML (local or bucket).")
-        parser.add_argument("--seq_len", type=int, default=None, help="The stage's sequence length.")
-        add_flag(parser, "--train", default=None, help="Training config YAML: seq_len etc. come from its --stage.")
-        parser.add_argument("--stage", default=None, help="Stage name recorded in the manifest.")
-        parser.add_argument("--out", default=None, help="Output folder for shards + manifest.json.")
-        add_flag(
-            parser, "--tokenizer", default=None, help="SentencePiece .model (default: the shipped one)."
-        )
-        parser.add_argument(
-            "--set", dest="overrides", action="append", default=[], help="Mixture override key=value."
-        )
 
 
 @dataclass(frozen=True)
@@ -94,8 +79,9 @@ def stage_target(train: str | TrainConfig, stage: str, seq_len: int | None = Non
 
 
 @dataclass(frozen=True)
-class PackJob:
-    """Everything one run needs, validated before Beam starts."""
+class PackPlan:
+    """What one run resolved from its :class:`~lwmkit.schemas.jobs.PackJob`: the loaded mixture,
+    the tokenizer's id and the packer's settings, validated before Beam starts."""
 
     mixture: MixtureConfig
     seq_len: int
@@ -114,7 +100,7 @@ class PackJob:
         out: str,
         tokenizer: str | None,
         target: StageTarget | None = None,
-    ) -> PackJob:
+    ) -> PackPlan:
         from lwmkit.tokenizers.text import TextTokenizer
 
         if not isinstance(seq_len, int) or seq_len < 2:
@@ -136,7 +122,7 @@ class PackJob:
 class FitToLength(beam.DoFn):
     """Apply the over-long policy; pieces go on, what it did is counted."""
 
-    def __init__(self, job: PackJob) -> None:
+    def __init__(self, job: PackPlan) -> None:
         self.seq_len, self.policy, self.layout = job.seq_len, job.mixture.overlong, job.settings.layout
 
     def process(self, ex: Example) -> Iterator:
@@ -187,7 +173,7 @@ def sample_and_partition(ex: Example, plan: MixturePlan, mixture: MixtureConfig)
         yield (ex.group, key % n_buckets), (key, copy)
 
 
-def build(p: beam.Pipeline, job: PackJob) -> None:
+def build(p: beam.Pipeline, job: PackPlan) -> None:
     """The job's graph on pipeline ``p``."""
     m = job.mixture
     files = {s.name: list_files(s) for s in m.sources}
@@ -267,7 +253,7 @@ def run_pack(
         mixture = load_config(MixtureConfig, mixture, overrides)
     elif overrides:
         raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
-    job = PackJob.create(mixture, seq_len, stage, out, tokenizer, target)
+    job = PackPlan.create(mixture, seq_len, stage, out, tokenizer, target)
     step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
     # One writer per set: two runs in one folder would delete each other's shards.
     with lease_output(job.out, "lwmkit pack", note=warn):
@@ -290,34 +276,33 @@ def run_pack(
 
 
 def run(argv: Sequence[str] | None = None) -> Manifest:
-    """``python -m lwmkit.pipelines.pack`` entry point."""
-    opts = PackOptions(list(argv) if argv is not None else None)
-    pack = opts.view_as(PackOptions)
-    missing = [f"--{n}" for n in ("mixture", "stage") if getattr(pack, n) is None]
-    if missing:
-        raise ContractError(f"missing required flags: {', '.join(missing)}", source="pack")
-    import sys
-
-    # Beam reads its own flags from the same list and ignores ours.
-    beam_args = list(argv) if argv is not None else sys.argv[1:]
-    return run_pack(
-        pack.mixture,
-        pack.seq_len,
-        pack.stage,
-        pack.out,
-        tokenizer=pack.tokenizer,
-        overrides=pack.overrides,
-        pipeline_args=beam_args,
-        target=stage_target(pack.train, pack.stage, pack.seq_len) if pack.train else None,
-    )
+    """``lwmkit pack`` / ``python -m lwmkit.pipelines.pack``: the flags of
+    :class:`~lwmkit.schemas.jobs.PackJob`; the rest goes to Beam."""
+    job, rest = parse_job(PackJob, list(argv) if argv is not None else sys.argv[1:], "pack")
+    target = stage_target(job.train, job.stage, job.seq_len, job.train_set) if job.train else None
+    beam_args = [f"--runner={job.runner}", *rest]
+    if job.workers:
+        beam_args += [f"--direct_num_workers={job.workers}", "--direct_running_mode=multi_processing"]
+    return run_pack(job.mixture, job.seq_len, job.stage, job.out, tokenizer=job.tokenizer, overrides=job.set,
+                    pipeline_args=beam_args, target=target)  # fmt: skip
 
 
-if __name__ == "__main__":
-    import sys
+def help_text(prog: str = "lwmkit pack") -> str:
+    return flag_help(PackJob, prog, __doc__.split("\n\n")[0], BEAM_PASS_THROUGH)
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m lwmkit.pipelines.pack``: exit 2 on a contract error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or "-h" in argv or "--help" in argv:
+        print(help_text("python -m lwmkit.pipelines.pack"))
+        return
     try:
-        run()
+        run(argv)
     except ContractError as err:
         error(str(err))
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

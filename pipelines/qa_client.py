@@ -38,12 +38,11 @@ import requests
 from lwmkit.pipelines.http_deadline import DeadlineExceeded, ReplyTooLarge, deadline_session, post_json
 from lwmkit.pipelines.qa_prompt import ParseError, QAPrompt, parse_qa
 from lwmkit.pipelines.redact import Redactor
+from lwmkit.schemas.jobs import DEFAULT_MAX_REPLY_BYTES, RESPONSE_FORMATS
 
 DEFAULT_API_KEY_ENV = "LWMKIT_QA_API_KEY"
 FALLBACK_API_KEY_ENV = "OPENAI_API_KEY"
-RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-DEFAULT_MAX_REPLY_BYTES = 1 << 20  # ~100x a 4K-token answer; a longer body is a broken or hostile server
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lwmkit.schemas.jobs import QA_MIN_GROUNDING, QA_MIN_SPAN, QA_REGRADES
+
 REASONS = ("debris", "length", "trivial", "ungrounded")
 # JSON/code/markup leaking from a model's JSON mode; brackets are left alone (books use them).
 _DEBRIS = re.compile(
@@ -48,13 +50,13 @@ _STOP = frozenset(
 
 @dataclass(frozen=True)
 class GradeConfig:
-    """How strict the gate is (``--qa_min_grounding``, ``--qa_regrades``)."""
+    """How strict the gate is (``--qa-min-grounding``, ``--qa-regrades``)."""
 
-    min_grounding: float = 0.6
+    min_grounding: float = QA_MIN_GROUNDING
     """Least share of the answer's content words that must occur in the chunk."""
-    min_span: float = 0.8
+    min_span: float = QA_MIN_SPAN
     """Least share of the answer's words that one verbatim run of the chunk must cover."""
-    regrades: int = 2
+    regrades: int = QA_REGRADES
     """Extra requests (another seed, temperature >= 0.7) for a chunk whose pairs all fail."""
     min_question_words: int = 3
     max_question_words: int = 40

@@ -1,12 +1,11 @@
-"""The vision job declared: its typed config (:class:`VisionJobConfig`) and its Beam graph
-(:func:`build`). The flags that make the config are in :mod:`lwmkit.pipelines.vision`; one run
-is driven by :mod:`lwmkit.pipelines.vision_run`.
+"""The vision job's Beam graph (:func:`build`) over its typed config
+(:class:`lwmkit.schemas.jobs.VisionJob`, which also generates its flags); one run is driven by
+:mod:`lwmkit.pipelines.vision_run`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import apache_beam as beam
 
@@ -24,57 +23,32 @@ from lwmkit.pipelines.vision_steps import (
     TokenizeFrames,
 )
 from lwmkit.runtime.dead_letters import WriteDeadLetters
-from lwmkit.schemas.strict import require
+from lwmkit.schemas.jobs import VisionJob
 
 
-@dataclass(frozen=True)
-class VisionJobConfig:
-    """One run of the vision job, validated before anything is read."""
-
-    inputs: str | None
-    output: str
-    source: str = "vision"
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    decoding: DecodeOptions = field(default_factory=DecodeOptions)
-    vqgan: str | None = None
-    vqgan_batch: int = 8
-    vqgan_dtype: str = "float32"
-    num_shards: int = 16
-    max_failure_ratio: float = 0.1
-    retry_dead_letters: bool = False
-    preview: int = 0
-
-    def __post_init__(self) -> None:
-        require(bool(self.output), "output", "is required (--output)")
-        require(
-            bool(self.inputs) or self.retry_dead_letters,
-            "inputs",
-            "is required (--inputs) unless --retry_dead_letters",
-        )
-        require(bool(self.source), "source", "must not be empty")
-        require(self.vqgan_batch >= 1, "vqgan_batch", "must be >= 1")
-        require(1 <= self.num_shards <= 99999, "num_shards", "must be in [1, 99999]")
-        require(0.0 <= self.max_failure_ratio <= 1.0, "max_failure_ratio", "must be in [0, 1]")
-        require(self.preview >= 0, "preview", "must be >= 0")
-        require(
-            self.decoding.timeout_s > 0 and self.decoding.file_timeout_s > 0,
-            "decode_timeout_s",
-            "must be > 0",
-        )
+def decode_config(job: VisionJob) -> DecodeConfig:
+    """What frames the job takes and how they are shaped (written into every record)."""
+    return DecodeConfig(fps=job.fps or None, max_frames=job.max_frames, clip_seconds=job.clip_seconds,
+                        size=job.frame_size, crop=job.crop, max_pixels=job.max_pixels)  # fmt: skip
 
 
+def decode_options(job: VisionJob) -> DecodeOptions:
+    """How files are decoded (no effect on the output)."""
+    return DecodeOptions(job.decoder, not job.no_fallback, not job.no_isolation, job.decode_timeout_s,
+                         job.file_timeout_s)  # fmt: skip
 
-def build(p: beam.Pipeline, job: VisionJobConfig, keys: Sequence[str], tokenizer_id: str) -> None:
+
+def build(p: beam.Pipeline, job: VisionJob, keys: Sequence[str], tokenizer_id: str) -> None:
     """The job's graph over the input ``keys`` (:attr:`MediaInput.key`) still to do."""
     decoded = (
         p
         | "ReadInputs" >> beam.Create(list(keys))
         | "SpreadInputs" >> beam.Reshuffle()
-        | "Decode" >> DecodeMedia(job.decode, job.decoding, job.num_shards)
+        | "Decode" >> DecodeMedia(decode_config(job), decode_options(job), job.num_shards)
     )
     codes = decoded[FRAMES] | "Tokenize" >> TokenizeFrames(job.vqgan, job.vqgan_batch, job.vqgan_dtype)
     records = {"codes": codes, CLIPS: decoded[CLIPS]} | "AssembleRecords" >> AssembleRecords(
-        job.source, tokenizer_id, job.decode.to_json()
+        job.source, tokenizer_id, decode_config(job).to_json()
     )
     _ = records[ROWS] | "WriteRecords" >> WriteRecords(job.output, job.num_shards)
     retried = {MediaInput.from_key(k).uri for k in keys}

@@ -9,12 +9,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from lwmkit.pipelines.inputs import MediaInput, read_inputs
-from lwmkit.pipelines.vision_job import VisionJobConfig, build
+from lwmkit.pipelines.vision_job import build, decode_config
 from lwmkit.pipelines.vision_output import JOB, JobSettings, check_settings, read_state, record_files
 from lwmkit.runtime.dead_letters import dead_letter_path, read_existing
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
+from lwmkit.schemas.jobs import VisionJob
 
 
 class VisionJobFailed(RuntimeError):
@@ -61,7 +62,7 @@ def tokenizer_identity(checkpoint: str | None, crop: int) -> str:
     return ckpt.id
 
 
-def plan_inputs(job: VisionJobConfig) -> tuple[list[MediaInput], list[str]]:
+def plan_inputs(job: VisionJob) -> tuple[list[MediaInput], list[str]]:
     """(all inputs named by this run, keys still to process)."""
     state = read_state(job.output)
     letters = read_existing(dead_letter_path(job.output, JOB))
@@ -83,7 +84,7 @@ def plan_inputs(job: VisionJobConfig) -> tuple[list[MediaInput], list[str]]:
     return items, todo
 
 
-def plan_line(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) -> str:
+def plan_line(job: VisionJob, items: list[MediaInput], todo: list[str]) -> str:
     """What this run will do, with dead letters of earlier runs named as such (not as 'done')."""
     if job.retry_dead_letters:
         return f"{len(items)} dead-lettered inputs to retry"
@@ -91,11 +92,11 @@ def plan_line(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) ->
     left = set(todo)
     n_done = sum(i.key in done for i in items)
     n_dead = sum(i.key not in done and i.key not in left for i in items)
-    dead = f", {n_dead} dead-lettered by an earlier run (--retry_dead_letters retries them)" if n_dead else ""
+    dead = f", {n_dead} dead-lettered by an earlier run (--retry-dead-letters retries them)" if n_dead else ""
     return f"{len(items)} inputs: {n_done} already done{dead}, {len(todo)} to process"
 
 
-def summarise(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) -> VisionSummary:
+def summarise(job: VisionJob, items: list[MediaInput], todo: list[str]) -> VisionSummary:
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
@@ -118,7 +119,7 @@ def summarise(job: VisionJobConfig, items: list[MediaInput], todo: list[str]) ->
                          records, frames, shards, path, len(output_set), len(dead_keys - done))  # fmt: skip
 
 
-def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
+def execute(job: VisionJob, options: PipelineOptions) -> VisionSummary:
     """Plan, run the job's Beam graph (:func:`~lwmkit.pipelines.vision_job.build`) on the inputs
     left, then check the failure ratio. One run per output folder at a time (its lease; a second
     run is refused, naming the first)."""
@@ -126,9 +127,9 @@ def execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
         return _execute(job, options)
 
 
-def _execute(job: VisionJobConfig, options: PipelineOptions) -> VisionSummary:
-    tokenizer_id = tokenizer_identity(job.vqgan, job.decode.crop)
-    settings = JobSettings(job.num_shards, job.decode.to_json(), tokenizer_id, job.source)
+def _execute(job: VisionJob, options: PipelineOptions) -> VisionSummary:
+    tokenizer_id = tokenizer_identity(job.vqgan, job.crop)
+    settings = JobSettings(job.num_shards, decode_config(job).to_json(), tokenizer_id, job.source)
     check_settings(job.output, settings)
     items, todo = plan_inputs(job)
     step(f"vision: {plan_line(job, items, todo)} -> {job.output}")

@@ -166,6 +166,6 @@ def vision_records(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     for name in ("bigbuckbunny.mp4", "bikes.mp4"):
         (media / name).symlink_to(sample_dir / "videos" / name)
     out = tmp_path_factory.mktemp("needle_records") / "records"
-    run(["--inputs", str(media / "*.mp4"), "--output", str(out), "--record_shards", "1", "--fps", "1",
-         "--max_frames", "8"])
+    run(["--inputs", str(media / "*.mp4"), "--output", str(out), "--num-shards", "1", "--fps", "1",
+         "--max-frames", "8"])
     return [str(p) for p in sorted(out.glob("vision-*.parquet"))]

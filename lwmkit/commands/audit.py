@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
+from lwmkit.commands.beam_job import PASS_THROUGH
 from lwmkit.schemas.errors import ContractError
+
+if TYPE_CHECKING:
+    from lwmkit.schemas.jobs import AuditJob
 
 _HELP_EXIT = (
     "Exit status: 0 pass; 1 a source's share drifted beyond the tolerance (or is undeclared); "
@@ -15,37 +21,21 @@ _HELP_EXIT = (
 )
 
 
-def audit(
-    ctx: typer.Context,
-    shards: str = typer.Argument(..., help="Shard folder or its manifest.json: local, s3://, gs://."),
-    mixture: str | None = typer.Option(
-        None,
-        "--mixture",
-        help="Mixture YAML with the target shares (default: the one recorded in the manifest).",
-    ),
-    tolerance: float = typer.Option(
-        0.02, "--tolerance", help="Allowed |realised - target| token share per source."
-    ),
-    report: str | None = typer.Option(None, "--report", help="Write the HTML report (plots embedded) here."),
-    json_out: str | None = typer.Option(None, "--json", help="Write the JSON report here ('-' for stdout)."),
-    dashboard: str | None = typer.Option(
-        None, "--dashboard", help="Write a one-page PNG of the main plots here."
-    ),
-    runner: str = typer.Option(
-        "auto",
-        "--runner",
-        help="'local', 'auto' (Beam for sets over 4 GB) or a Beam runner, e.g. DirectRunner.",
-    ),
-    set_: list[str] = typer.Option([], "--set", help="Override a mixture field: key=value (with --mixture)."),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="No terminal tables: findings and the verdict only."
-    ),
-) -> None:
+def audit(ctx: typer.Context) -> None:
     """Recount what a shard set really holds (tokens, loss tokens, examples, sequences per source and
     modality; padding; length and frame distributions), verify every shard's checksum, and compare
-    the declared mixture, the manifest and the recount. Extra --flags go to Beam."""
+    the declared mixture, the manifest and the recount. Flags not of audit go to Beam.
+    lwmkit audit --help lists every flag."""
+    from lwmkit.schemas.flags import help_text, parse_job
+    from lwmkit.schemas.jobs import AuditJob
+
+    args = list(ctx.args)
+    if not args or "--help" in args or "-h" in args:
+        typer.echo(help_text(AuditJob, "lwmkit audit", AuditJob.__doc__.split(": ", 1)[1], _HELP_EXIT))
+        return
+    job, beam_args = parse_job(AuditJob, args, "audit")
     try:
-        code = _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner, set_, quiet)
+        code = _audit(job, beam_args)
     except ContractError:
         raise  # exit 2 with one line (lwmkit.cli.main)
     except OSError as err:  # an output we were told to write cannot be
@@ -65,7 +55,7 @@ def audit(
         raise SystemExit(code)
 
 
-def _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner, set_, quiet) -> int:  # noqa: ANN001
+def _audit(job: AuditJob, beam_args: list[str]) -> int:
     """The audit and its reports; returns the verdict's exit status."""
     from lwmkit.pipelines.audit import AuditConfig
     from lwmkit.pipelines.audit import audit as run_audit
@@ -74,14 +64,15 @@ def _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner,
     from lwmkit.schemas import MixtureConfig
 
     mix = None
-    if mixture:
+    if job.mixture:
         from lwmkit.runtime.config import load_config
 
-        mix = load_config(MixtureConfig, mixture, set_)
-    config = AuditConfig(tolerance=tolerance, runner=runner)
-    result = run_audit(shards, mixture=mix, mixture_from=mixture, config=config, beam_args=list(ctx.args))
+        mix = load_config(MixtureConfig, job.mixture, job.set)
+    config = AuditConfig(tolerance=job.tolerance, runner=job.runner)
+    result = run_audit(job.shards, mixture=mix, mixture_from=job.mixture, config=config, beam_args=beam_args)
+    json_out, report, dashboard = job.json, job.report, job.dashboard
     console = report_console(stderr=json_out == "-")
-    if quiet:
+    if job.quiet:
         for f in result.findings:
             console.print(f"{f.severity} [{f.kind}] {f.subject}: {f.message}", markup=False, soft_wrap=True)
         console.print(f"{result.verdict.upper()} {result.path}", markup=False)
@@ -107,8 +98,4 @@ def _audit(ctx, shards, mixture, tolerance, report, json_out, dashboard, runner,
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        "audit",
-        epilog=_HELP_EXIT,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(audit)
+    app.command("audit", epilog=_HELP_EXIT, context_settings=PASS_THROUGH)(audit)

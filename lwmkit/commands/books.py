@@ -1,7 +1,7 @@
 """``lwmkit books``: the Beam job chunking books and generating QA pairs for each chunk.
 
-The flags are the job's ``BooksOptions`` (``lwmkit books --help`` lists them) plus Beam's
-own, passed through untouched, so ``lwmkit books ...`` and ``python -m
+The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.BooksJob`
+(``lwmkit books --help`` lists them); Beam's own pass through untouched, so ``lwmkit books ...`` and ``python -m
 lwmkit.pipelines.books ...`` take exactly the same arguments.
 """
 
@@ -16,7 +16,7 @@ def books(ctx: typer.Context) -> None:
     """Chunk books by token budget, ask a short-context model for QA pairs, write book-chunk records.
 
     Example: lwmkit books --input 'books/*.txt' --output out/books
-    (no --qa_endpoint: starts the embedded SmolLM2 server; lwmkit books --help lists every flag.)
+    (no --qa-endpoint: starts the embedded SmolLM2 server; lwmkit books --help lists every flag.)
     """
     run_job(ctx, "books", _failures)
 

@@ -1,7 +1,7 @@
 """``lwmkit vision``: the Beam job turning videos and images into VQGAN vision records.
 
-The flags are the job's ``VisionOptions`` (``lwmkit vision --help`` lists them) plus Beam's
-own, passed through untouched, so ``lwmkit vision ...`` and ``python -m
+The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.VisionJob`
+(``lwmkit vision --help`` lists them); Beam's own pass through untouched, so ``lwmkit vision ...`` and ``python -m
 lwmkit.pipelines.vision ...`` take exactly the same arguments.
 """
 

@@ -187,8 +187,8 @@ def test_books_refuses_an_output_folder_another_run_holds(hk, tmp_path):
     book = tmp_path / "b.txt"
     book.write_text("One sentence here. Another sentence there.")
     try:
-        proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", "--qa_endpoint=http://127.0.0.1:9/v1",
-                         "--qa_model=m")  # fmt: skip
+        proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", "--qa-endpoint=http://127.0.0.1:9/v1",
+                         "--qa-model=m")  # fmt: skip
         after = sorted(p.name for p in out.iterdir())
     finally:
         _stop(holder)

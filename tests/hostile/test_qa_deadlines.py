@@ -113,8 +113,8 @@ def test_books_job_with_an_unreachable_endpoint_exits_1_with_one_line(hk, tmp_pa
     book.write_text("One sentence here. Another sentence there.")
     out = tmp_path / "out"
     endpoint = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
-    proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", f"--qa_endpoint={endpoint}", "--qa_model=m",
-                     "--qa_backoff=0.01", "--max_failure_ratio=1")  # fmt: skip
+    proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", f"--qa-endpoint={endpoint}", "--qa-model=m",
+                     "--qa-backoff=0.01", "--max-failure-ratio=1")  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(
@@ -130,17 +130,17 @@ def test_books_job_past_max_failure_ratio_exits_1_and_keeps_its_outputs(hostile_
     book = tmp_path / "b.txt"
     book.write_text(" ".join(f"Sentence number {i} is about a fox." for i in range(60)))
     out = tmp_path / "out"
-    args = ("books", f"--input={book}", f"--output={out}", f"--qa_endpoint={srv.endpoint}", "--qa_model=m",
-            "--chunk_tokens=40", "--qa_max_attempts=1", "--qa_max_in_flight=1", "--qa_batch_size=1",
+    args = ("books", f"--input={book}", f"--output={out}", f"--qa-endpoint={srv.endpoint}", "--qa-model=m",
+            "--chunk-tokens=40", "--qa-max-attempts=1", "--qa-max-in-flight=1", "--qa-batch-size=1",
             # the QA gate is not what this test is about: keep every parsed pair, never re-ask
-            "--qa_min_grounding=0", "--qa_min_span=0", "--qa_regrades=0")  # fmt: skip
+            "--qa-min-grounding=0", "--qa-min-span=0", "--qa-regrades=0")  # fmt: skip
     env = {**os.environ, "LWMKIT_QA_API_KEY": ""}
-    proc = hk.lwmkit(*args, "--max_failure_ratio=0.25", env=env)
+    proc = hk.lwmkit(*args, "--max-failure-ratio=0.25", env=env)
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "chunks failed QA" in errors[0] and "> max_failure_ratio 25%" in errors[0]
     summary = json.loads((out / "summary.json").read_text())["counters"]
     dead = (out / "dead_letters.jsonl").read_text().splitlines()
     assert summary["chunks_failed"] == len(dead) > 0 and summary["chunks_done"] > 0  # outputs kept
-    proc = hk.lwmkit(*args, "--max_failure_ratio=1", "--qa_cache=none", env=env)  # tolerated when asked
+    proc = hk.lwmkit(*args, "--max-failure-ratio=1", "--qa-cache=none", env=env)  # tolerated when asked
     assert proc.returncode == 0, proc.stderr[-2000:]

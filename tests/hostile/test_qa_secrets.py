@@ -96,9 +96,9 @@ def test_books_job_writes_the_key_nowhere_whatever_the_server_echoes(hostile_ser
     book.write_text(botchan[:6000], encoding="utf-8")
     out = tmp_path / "out"
     env = {**os.environ, "LWMKIT_QA_API_KEY": KEY}
-    proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", f"--qa_endpoint={srv.endpoint}",
-                     "--qa_model=echo", "--chunk_tokens=64", "--qa_max_attempts=1", "--qa_backoff=0",
-                     "--max_failure_ratio=1", "--qa_min_grounding=0", "--qa_min_span=0", "--qa_regrades=0",
+    proc = hk.lwmkit("books", f"--input={book}", f"--output={out}", f"--qa-endpoint={srv.endpoint}",
+                     "--qa-model=echo", "--chunk-tokens=64", "--qa-max-attempts=1", "--qa-backoff=0",
+                     "--max-failure-ratio=1", "--qa-min-grounding=0", "--qa-min-span=0", "--qa-regrades=0",
                      env=env)  # fmt: skip (the QA gate is not under test: every parsed pair is kept)
 
     assert proc.returncode == 0, proc.stderr[-3000:]

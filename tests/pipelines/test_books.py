@@ -63,9 +63,9 @@ def test_job_on_botchan_with_the_real_model_then_rerun_from_cache(book_slice, tm
     args = [
         f"--input={book_slice}",
         f"--output={out}",
-        f"--chunk_tokens={BUDGET}",
-        "--qa_max_tokens=96",
-        "--qa_pairs=2",
+        f"--chunk-tokens={BUDGET}",
+        "--qa-max-tokens=96",
+        "--qa-pairs=2",
     ]
     first = run(args)
 
@@ -93,7 +93,7 @@ def test_job_on_botchan_with_the_real_model_then_rerun_from_cache(book_slice, tm
     assert first["qa_grade"]["pairs_kept"] == sum(len(r["qa"]) for r in rows)
 
     # Re-run against an endpoint where nothing listens: everything must come from the cache.
-    again = run([*args, "--qa_endpoint=http://127.0.0.1:9/v1", "--qa_model=SmolLM2-135M-Instruct"])
+    again = run([*args, "--qa-endpoint=http://127.0.0.1:9/v1", "--qa-model=SmolLM2-135M-Instruct"])
     # (a reply with no pair at all is not an answer and is never cached: only such chunks are asked again)
     unanswered = sum(d.error_class == "ParseError" for d in dead)
     assert (again["counters"]["qa_requests"] == 0) == (unanswered == 0)
@@ -108,14 +108,14 @@ def test_cli_runs_the_job_multi_process_from_cache(book_slice, tmp_path, capfd):
     common = [
         f"--input={book_slice}",
         f"--output={out}",
-        "--chunk_tokens=400",
-        "--qa_max_tokens=64",
-        "--qa_pairs=1",
-        "--qa_regrades=0",  # one reply per chunk: each is cached unless it held no pair at all
+        "--chunk-tokens=400",
+        "--qa-max-tokens=64",
+        "--qa-pairs=1",
+        "--qa-regrades=0",  # one reply per chunk: each is cached unless it held no pair at all
     ]
     main(["books", *common])
     capfd.readouterr()
-    main(["books", *common, "--qa_endpoint=http://127.0.0.1:9/v1", "--qa_model=SmolLM2-135M-Instruct",
+    main(["books", *common, "--qa-endpoint=http://127.0.0.1:9/v1", "--qa-model=SmolLM2-135M-Instruct",
           "--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     n = summary["counters"]
@@ -129,6 +129,6 @@ def test_cli_runs_the_job_multi_process_from_cache(book_slice, tmp_path, capfd):
 
 def test_cli_rejects_bad_flags_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["books", f"--output={tmp_path}", "--input=x.txt", "--qa_endpoint=http://127.0.0.1:9/v1"])
-    assert exc.value.code == 2 and "--qa_model" in capsys.readouterr().err
+        main(["books", f"--output={tmp_path}", "--input=x.txt", "--qa-endpoint=http://127.0.0.1:9/v1"])
+    assert exc.value.code == 2 and "--qa-model" in capsys.readouterr().err
     assert not os.listdir(tmp_path)

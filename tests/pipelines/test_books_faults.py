@@ -150,8 +150,8 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def _job(inputs: list[str], out: Path, endpoint: str, *extra: str) -> dict:
     args = [f"--input={p}" for p in inputs]
-    args += [f"--output={out}", f"--qa_endpoint={endpoint}", "--qa_model=fake-qa", "--chunk_tokens=120",
-             "--qa_timeout=1", "--qa_backoff=0.01", "--qa_max_attempts=4", "--qa_max_in_flight=3", *extra]  # fmt: skip
+    args += [f"--output={out}", f"--qa-endpoint={endpoint}", "--qa-model=fake-qa", "--chunk-tokens=120",
+             "--qa-timeout=1", "--qa-backoff=0.01", "--qa-max-attempts=4", "--qa-max-in-flight=3", *extra]  # fmt: skip
     return run(args)
 
 
@@ -190,7 +190,7 @@ def test_every_chunk_is_done_or_dead_lettered_under_faults(
         if mode == "multi_processing"
         else []
     )
-    summary = _job([str(book)], out, srv.endpoint, "--max_failure_ratio=1", *runner)
+    summary = _job([str(book)], out, srv.endpoint, "--max-failure-ratio=1", *runner)
 
     done = {r["chunk_id"] for r in _records(out)}
     dead = [d for d in read_dead_letters(str(out / "dead_letters.jsonl")) if d.stage == "qa"]
@@ -259,7 +259,7 @@ def test_a_server_that_never_answers_dead_letters_every_chunk(faulty_server, sec
     src = tmp_path / "b.txt"
     src.write_text("One sentence here. Another sentence there. A third one.")
     with pytest.raises(BooksJobFailed, match=r"1 of 1 chunks failed QA \(100% > max_failure_ratio 10%\)"):
-        _job([str(src)], tmp_path / "out", srv.endpoint, "--qa_max_attempts=2")
+        _job([str(src)], tmp_path / "out", srv.endpoint, "--qa-max-attempts=2")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())  # outputs are still written
     assert _records(tmp_path / "out") == []
     dead = [d for d in read_dead_letters(str(tmp_path / "out" / "dead_letters.jsonl")) if d.stage == "qa"]
@@ -306,7 +306,7 @@ def test_the_qa_gate_keeps_grounded_pairs_and_dead_letters_the_rest(
     (src / "hollow.txt").write_text(f"A {HOLLOW} came back. " + botchan[8000:8200], encoding="utf-8")
     out = tmp_path / "out"
     # the hollow book's ParseError is one failure in three: tolerated here, the gate is under test
-    summary = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2", "--max_failure_ratio=1")
+    summary = _job([str(src / "*.txt")], out, srv.endpoint, "--qa-max-attempts=2", "--max-failure-ratio=1")
     rows = _records(out)
     assert {r["book_id"] for r in rows} == {"good"}
     pairs = [p for r in rows for p in r["qa"]]
@@ -325,7 +325,7 @@ def test_the_qa_gate_keeps_grounded_pairs_and_dead_letters_the_rest(
     # re-run: answered chunks (the ungrounded replies too) come from the cache; the hollow reply
     # was never cached, so only its chunk is asked again
     before = srv.requests
-    again = _job([str(src / "*.txt")], out, srv.endpoint, "--qa_max_attempts=2", "--max_failure_ratio=1")
+    again = _job([str(src / "*.txt")], out, srv.endpoint, "--qa-max-attempts=2", "--max-failure-ratio=1")
     assert srv.requests - before == 2 and again["qa_grade"] == grade
 
 

@@ -296,8 +296,8 @@ def test_books_on_dask_matches_the_direct_runner(cluster, qa_server, botchan, tm
     (tmp_path / "in" / "botchan.txt").write_text(botchan[:6000], encoding="utf-8")
     (tmp_path / "in" / "blob.txt").write_bytes(bytes(range(256)) * 4)  # a dead letter
     endpoint = f"http://127.0.0.1:{qa_server.server_address[1]}/v1"
-    common = ["books", f"--input={tmp_path / 'in' / '*'}", "--chunk_tokens=200", f"--qa_endpoint={endpoint}",
-              "--qa_model=fixed-qa", "--qa_min_grounding=0", "--qa_min_span=0"]  # fmt: skip (gate: debris/length/trivial only)
+    common = ["books", f"--input={tmp_path / 'in' / '*'}", "--chunk-tokens=200", f"--qa-endpoint={endpoint}",
+              "--qa-model=fixed-qa", "--qa-min-grounding=0", "--qa-min-span=0"]  # fmt: skip (gate: debris/length/trivial only)
     main([*common, f"--output={tmp_path / 'direct'}"])
     direct_requests, before = qa_server.requests, cluster.executed()
     main([*common, f"--output={tmp_path / 'dask'}", *_dask_args(cluster)])
@@ -324,7 +324,7 @@ def test_vision_on_dask_matches_the_direct_runner(cluster, vision_media, vqgan_c
     for name in ("image.png", "wide.mp4", "random.mp4"):  # two good, one bad: dead letters too
         shutil.copy(vision_media[name], media / name)
     common = ["vision", "--inputs", str(media / "*"), "--vqgan", vqgan_checkpoint, "--fps", "1",
-              "--record_shards", "2", "--max_failure_ratio", "0.5"]  # fmt: skip
+              "--num-shards", "2", "--max-failure-ratio", "0.5"]  # fmt: skip
     main([*common, "--output", str(tmp_path / "direct")])
     before = cluster.executed()
     started = time.monotonic()

@@ -31,7 +31,7 @@ def _cmd(mixture: Path, out: Path) -> list[str]:
         "lwmkit.pipelines.pack",
         "--mixture",
         str(mixture),
-        "--seq_len",
+        "--seq-len",
         "1024",
         "--stage",
         "kill",

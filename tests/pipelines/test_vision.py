@@ -35,7 +35,7 @@ def _digest(out: Path) -> dict[str, str]:
 
 
 def _args(inputs: str, out: Path, ckpt: str, *extra: str) -> list[str]:
-    return ["--inputs", inputs, "--output", str(out), "--vqgan", ckpt, "--record_shards", "3", *extra]
+    return ["--inputs", inputs, "--output", str(out), "--vqgan", ckpt, "--num-shards", "3", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def good_run(tmp_path_factory, vision_media, vision_names, vqgan_checkpoint):
     for name in vision_names[0]:
         shutil.copy(vision_media[name], media / name)
     out = tmp_path_factory.mktemp("out") / "records"
-    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "2", "--max_frames", "4"))
+    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "2", "--max-frames", "4"))
     return media, out, summary
 
 
@@ -95,11 +95,11 @@ def test_codes_are_the_vqgan_codes_of_the_decoded_frames(good_run, vqgan_checkpo
 def test_rerun_skips_finished_inputs_and_keeps_the_bytes(good_run, vqgan_checkpoint):
     media, out, _ = good_run
     before = _digest(out)
-    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "2", "--max_frames", "4"))
+    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "2", "--max-frames", "4"))
     assert summary.attempted == 0 and summary.skipped == 7
     assert _digest(out) == before
     with pytest.raises(ContractError, match="fps"):  # other settings must not mix into this output
-        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--max_frames", "4"))
+        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--max-frames", "4"))
 
 
 def test_manifest_with_captions_and_clip_ranges(tmp_path, sample_dir, vision_media, vqgan_checkpoint):
@@ -109,7 +109,7 @@ def test_manifest_with_captions_and_clip_ranges(tmp_path, sample_dir, vision_med
              {"uri": vision_media["image.png"], "caption": "a test card"}]  # fmt: skip
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "out"
-    run(_args(str(manifest), out, vqgan_checkpoint, "--fps", "1", "--clip_seconds", "2"))
+    run(_args(str(manifest), out, vqgan_checkpoint, "--fps", "1", "--clip-seconds", "2"))
     rows = _records(out)
     clips = [r for r in rows if r["uri"] == bikes]
     assert [(r["start_s"], r["end_s"], r["n_frames"]) for r in clips] == [(2.0, 4.0, 2), (4.0, 5.0, 1)]
@@ -131,7 +131,7 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     os.mkfifo(media / "stuck.mp4")  # opening it blocks forever: a decoder that hangs
     out = tmp_path / "out"
     with pytest.raises(VisionJobFailed, match="6 of 9"):  # 67% > the default 10%
-        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode_timeout_s", "3"))
+        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode-timeout-s", "3"))
     assert {Path(r["uri"]).name for r in _records(out)} == set(good)
     letters = read_dead_letters(str(out / "dead_letters" / "vision.jsonl"))
     assert sorted(Path(d.uri).name for d in letters) == sorted([*bad, "stuck.mp4"])
@@ -143,15 +143,15 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
     # the same command again: nothing left to try, but the output still holds 6 failed of 9, so
     # it fails again and says the failures are from the earlier run
     with pytest.raises(VisionJobFailed, match="6 of 9 inputs failed .*0 in this run, 6 by earlier runs"):
-        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode_timeout_s", "3"))
+        run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--decode-timeout-s", "3"))
     (media / "stuck.mp4").unlink()
     # below the threshold the same run succeeds; dead letters do not change on a re-run
     before = _digest(out)
-    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--max_failure_ratio", "0.7"))
+    summary = run(_args(str(media / "*"), out, vqgan_checkpoint, "--fps", "1", "--max-failure-ratio", "0.7"))
     assert summary.attempted == 0 and _digest(out) == before
     # fix one bad file, retry only the dead letters: it is tokenized and leaves the dead letters
     shutil.copy(vision_media["vfr.mp4"], media / "random.mp4")
-    summary = run(["--output", str(out), "--vqgan", vqgan_checkpoint, "--record_shards", "3", "--fps", "1",
+    summary = run(["--output", str(out), "--vqgan", vqgan_checkpoint, "--num-shards", "3", "--fps", "1",
                    "--retry-dead-letters", "--max-failure-ratio", "1"])  # fmt: skip
     assert summary.attempted == 6 and summary.failed == 5  # stuck.mp4 is gone now: a read error
     names = {Path(r["uri"]).name for r in _records(out)}
@@ -200,7 +200,7 @@ def test_cli_and_module_entry_points(tmp_path, vision_media, vqgan_checkpoint, c
 
     main(["vision", "--help"])
     help_text = capsys.readouterr().out
-    assert "--retry_dead_letters" in help_text and "--max_failure_ratio" in help_text
+    assert "--retry-dead-letters" in help_text and "--max-failure-ratio" in help_text
     bad = subprocess.run([sys.executable, "-m", "lwmkit.pipelines.vision", "--inputs", str(tmp_path / "nothing*"),
                           "--output", str(tmp_path / "o"), "--vqgan", vqgan_checkpoint], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "matches no files" in bad.stderr

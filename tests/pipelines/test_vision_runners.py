@@ -31,7 +31,7 @@ def reference(tmp_path_factory, vision_media, vqgan_checkpoint):
         shutil.copy(vision_media[name], media / name)
     out = tmp_path_factory.mktemp("ref") / "out"
     run(["--inputs", str(media / "*"), "--output", str(out), "--vqgan", vqgan_checkpoint, "--fps", "1",
-         "--record_shards", "2", "--max_failure_ratio", "0.5"])  # fmt: skip
+         "--num-shards", "2", "--max-failure-ratio", "0.5"])  # fmt: skip
     return media, out
 
 
@@ -53,7 +53,7 @@ def test_multiprocess_direct_runner_on_an_s3_bucket(reference, media_bucket, vqg
     s3 = ["--s3_endpoint_url", endpoint, "--s3_access_key_id", "test", "--s3_secret_access_key", "test",
           "--s3_region_name", "us-east-1"]  # fmt: skip
     summary = run(["--inputs", "s3://media/in/*", "--output", "s3://media/out", "--vqgan", vqgan_checkpoint,
-                   "--fps", "1", "--record_shards", "2", "--max_failure_ratio", "0.5", *s3,
+                   "--fps", "1", "--num-shards", "2", "--max-failure-ratio", "0.5", *s3,
                    "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])  # fmt: skip
     assert summary.attempted == 3 and summary.failed == 1 and summary.records == 2
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="media", Prefix="out/")["Contents"])
