@@ -25,7 +25,7 @@ import tracemalloc
 
 import numpy as np
 
-from lwmkit.pipelines.audit import AuditConfig, open_shard_set, recount, recount_local, recount_shard
+from lwmkit.pipelines.audit.job import AuditConfig, open_shard_set, recount, recount_local, recount_shard
 from lwmkit.runtime.files import write_atomic
 from lwmkit.schemas import (
     Manifest,

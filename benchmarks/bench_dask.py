@@ -59,8 +59,8 @@ def warm_worker() -> None:
     """Imports and the VQGAN compile, in a worker process, before anything is timed."""
     import numpy as np
 
-    import lwmkit.pipelines.pack  # noqa: F401
-    from lwmkit.pipelines.vqgan_handler import VQGANModelHandler
+    import lwmkit.pipelines.pack.job  # noqa: F401
+    from lwmkit.pipelines.vision.vqgan_handler import VQGANModelHandler
 
     handler = VQGANModelHandler()
     handler.run_inference([np.zeros((256, 256, 3), np.uint8)], handler.load_model())
@@ -74,7 +74,7 @@ FRAMES: dict[str, int] = {}
 
 
 def run_vision(inputs: str, out: Path, fps: str, runner: list[str]) -> float:
-    from lwmkit.pipelines.vision import run
+    from lwmkit.pipelines.vision.job import run
 
     t = time.perf_counter()
     summary = run(["--inputs", inputs, "--output", str(out), "--fps", fps, "--num-shards", "2", *runner])
@@ -83,7 +83,7 @@ def run_vision(inputs: str, out: Path, fps: str, runner: list[str]) -> float:
 
 
 def run_pack(mixture: Path, out: Path, runner: list[str]) -> float:
-    from lwmkit.pipelines.pack import run_pack as pack
+    from lwmkit.pipelines.pack.job import run_pack as pack
 
     t = time.perf_counter()
     pack(str(mixture), 2048, "s2k", str(out), pipeline_args=runner)

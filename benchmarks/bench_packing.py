@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from lwmkit.pipelines.formatting import Example
-from lwmkit.pipelines.packing import ALGORITHMS, pack_lengths, packing_efficiency
-from lwmkit.pipelines.sequences import assemble
+from lwmkit.pipelines.pack.formatting import Example
+from lwmkit.pipelines.pack.packing import ALGORITHMS, pack_lengths, packing_efficiency
+from lwmkit.pipelines.pack.sequences import assemble
 from lwmkit.schemas.packed import encode_sample
 
 

@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lwmkit.pipelines.books import run
-from lwmkit.pipelines.chunking import chunk_text, clean_book
-from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig
-from lwmkit.pipelines.qa_client import QAClient, QAClientConfig
-from lwmkit.pipelines.qa_prompt import load_prompt
+from lwmkit.pipelines.books.chunking import chunk_text, clean_book
+from lwmkit.pipelines.books.job import run
+from lwmkit.pipelines.books.llm_server import LocalLLMServer, ServerConfig
+from lwmkit.pipelines.books.qa_client import QAClient, QAClientConfig
+from lwmkit.pipelines.books.qa_prompt import load_prompt
 from lwmkit.runtime.sample_data import book_source
 from lwmkit.tokenizers.text import TextTokenizer
 

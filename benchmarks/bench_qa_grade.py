@@ -33,11 +33,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from lwmkit.pipelines.books import run
-from lwmkit.pipelines.chunking import chunk_text, clean_book
-from lwmkit.pipelines.qa_client import QAClient, QAClientConfig
-from lwmkit.pipelines.qa_grade import ChunkIndex, GradeConfig, content_words, span_share
-from lwmkit.pipelines.qa_prompt import load_prompt
+from lwmkit.pipelines.books.chunking import chunk_text, clean_book
+from lwmkit.pipelines.books.job import run
+from lwmkit.pipelines.books.qa_client import QAClient, QAClientConfig
+from lwmkit.pipelines.books.qa_grade import ChunkIndex, GradeConfig, content_words, span_share
+from lwmkit.pipelines.books.qa_prompt import load_prompt
 from lwmkit.runtime.sample_data import cache_dir
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.records import BOOK_CHUNK, read_table

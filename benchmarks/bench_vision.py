@@ -35,8 +35,8 @@ def _median_time(fn, repeat: int) -> float:
 
 
 def bench_decode(path: str, n_source: int, repeat: int) -> None:
-    from lwmkit.pipelines.decode import DecodeConfig
-    from lwmkit.pipelines.decode_worker import IsolatedDecoder, decode_local
+    from lwmkit.pipelines.vision.decode import DecodeConfig
+    from lwmkit.pipelines.vision.decode_worker import IsolatedDecoder, decode_local
 
     null = _median_time(
         lambda: subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "null", "-"], check=True), repeat
@@ -73,7 +73,7 @@ def bench_encoder(n: int) -> float:
 
 
 def bench_job(media: list[str], encoder_fps: float, fps: str) -> None:
-    from lwmkit.pipelines.vision import run
+    from lwmkit.pipelines.vision.job import run
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -96,8 +96,8 @@ class _Decode:
         self.isolated = isolated
 
     def __call__(self, path: str):
-        from lwmkit.pipelines.decode import DecodeConfig
-        from lwmkit.pipelines.decode_worker import IsolatedDecoder, decode_local
+        from lwmkit.pipelines.vision.decode import DecodeConfig
+        from lwmkit.pipelines.vision.decode_worker import IsolatedDecoder, decode_local
 
         cfg = DecodeConfig(fps=1.0)
         if self.isolated:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lwmkit.pipelines.formatting import format_vision
+from lwmkit.pipelines.pack.formatting import format_vision
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import VISION_RECORD, read_table, vision_record_id, write_table
 from lwmkit.schemas.strict import require

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import textwrap
 import types
 import typing
 from collections.abc import Sequence
@@ -174,4 +175,5 @@ def parse_job(job_type: type[T], argv: Sequence[str], prog: str) -> tuple[T, lis
 
 def help_text(job_type: type, prog: str, description: str, epilog: str = "") -> str:
     """``--help`` of a job: its own flags (generated), then what passes through."""
+    epilog = "\n\n".join(textwrap.fill(part, 100) for part in epilog.split("\n\n")) if epilog else ""
     return job_parser(job_type, prog, description, epilog).format_help()

@@ -195,3 +195,16 @@ class AuditJob:
         require_flags(self, "audit")
         require(0.0 <= self.tolerance < 1.0, "tolerance", "must lie in [0, 1) (a share difference)")
         require(bool(self.runner), "runner", "must be 'auto', 'local' or a Beam runner name")
+
+
+@dataclass(frozen=True)
+class RecountJob:
+    """The audit's recount as a Beam job (``lwmkit audit --runner NAME`` runs it for big sets)."""
+
+    shards: str | None = flag(help="Shard folder or its manifest.json (local, gs://, s3://).", required=True)
+    recount_output: str | None = flag(help="Where to write the recount (JSON).", required=True)
+    max_problems_per_shard: int = flag(20, "Problems listed per shard (all are counted).")
+
+    def __post_init__(self) -> None:
+        require_flags(self, "recount")
+        require(self.max_problems_per_shard >= 1, "max_problems_per_shard", "must be >= 1")

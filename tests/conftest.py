@@ -160,7 +160,7 @@ def run_on_devices() -> Callable[[str, int], Any]:
 def vision_records(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The real vision job's records of two sample clips (1 fps, up to 8 frames each), with the
     shipped VQGAN: the haystack frames of the video needle tests."""
-    from lwmkit.pipelines.vision import run
+    from lwmkit.pipelines.vision.job import run
 
     media = tmp_path_factory.mktemp("needle_media")
     for name in ("bigbuckbunny.mp4", "bikes.mp4"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lwmkit.needle_data import REPEAT_QUESTION, NeedleDataConfig, haystack_rows, write_needle_data
-from lwmkit.pipelines.formatting import book_chat_examples
+from lwmkit.pipelines.pack.formatting import book_chat_examples
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.needle_text import Haystack

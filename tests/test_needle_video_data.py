@@ -11,7 +11,7 @@ import pytest
 
 from lwmkit.cli import main
 from lwmkit.needle_video_data import VideoNeedleConfig, build_rows, read_pool
-from lwmkit.pipelines.formatting import format_vision
+from lwmkit.pipelines.pack.formatting import format_vision
 from lwmkit.schemas.records import VISION_RECORD, read_table
 from lwmkit.tokenizers import vqgan as vq
 from lwmkit.tokenizers.needle_video import (

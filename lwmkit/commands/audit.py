@@ -42,7 +42,7 @@ def audit(ctx: typer.Context) -> None:
         raise ContractError(f"cannot write ({type(err).__name__}: {err.strerror or err})",
                             source=getattr(err, "filename", None) or "report") from None  # fmt: skip
     except Exception as err:  # a bug or an unforeseen input: never mistaken for a verdict
-        from lwmkit.pipelines.audit_compare import EXIT_INTERNAL
+        from lwmkit.pipelines.audit.compare import EXIT_INTERNAL
         from lwmkit.runtime.progress import crash_log, error
 
         error(
@@ -57,9 +57,9 @@ def audit(ctx: typer.Context) -> None:
 
 def _audit(job: AuditJob, beam_args: list[str]) -> int:
     """The audit and its reports; returns the verdict's exit status."""
-    from lwmkit.pipelines.audit import AuditConfig
-    from lwmkit.pipelines.audit import audit as run_audit
-    from lwmkit.pipelines.audit_report import print_report, report_console, write_html, write_json
+    from lwmkit.pipelines.audit.job import AuditConfig
+    from lwmkit.pipelines.audit.job import audit as run_audit
+    from lwmkit.pipelines.audit.report import print_report, report_console, write_html, write_json
     from lwmkit.runtime.progress import step
     from lwmkit.schemas import MixtureConfig
 
@@ -89,7 +89,7 @@ def _audit(job: AuditJob, beam_args: list[str]) -> int:
         write_html(result, report)
         step(f"HTML report: {report}")
     if dashboard:
-        from lwmkit.pipelines.audit_plots import render_dashboard
+        from lwmkit.pipelines.audit.plots import render_dashboard
         from lwmkit.runtime.files import write_atomic
 
         write_atomic(dashboard, render_dashboard(result))

@@ -20,7 +20,7 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_
 def run_job(ctx: typer.Context, job: str, failures: Callable[[], tuple[type[BaseException], ...]]) -> None:
     """Run ``lwmkit.pipelines.<job>.run(ctx.args)``; ``failures()`` names the job's expected errors
     (called lazily, so heavy modules load only when the job runs)."""
-    module = importlib.import_module(f"lwmkit.pipelines.{job}")
+    module = importlib.import_module(f"lwmkit.pipelines.{job}.job")
     args = list(ctx.args)
     if not args or "--help" in args or "-h" in args:
         typer.echo(module.help_text())

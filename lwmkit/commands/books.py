@@ -2,7 +2,7 @@
 
 The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.BooksJob`
 (``lwmkit books --help`` lists them); Beam's own pass through untouched, so ``lwmkit books ...`` and ``python -m
-lwmkit.pipelines.books ...`` take exactly the same arguments.
+lwmkit.pipelines.books.job ...`` take exactly the same arguments.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def books(ctx: typer.Context) -> None:
 
 
 def _failures() -> tuple[type[BaseException], ...]:
-    from lwmkit.pipelines.books import BooksJobFailed
-    from lwmkit.pipelines.llm_server import ServerError
+    from lwmkit.pipelines.books.job import BooksJobFailed
+    from lwmkit.pipelines.books.llm_server import ServerError
 
     return (ServerError, BooksJobFailed)
 

@@ -16,7 +16,7 @@ def pack(ctx: typer.Context) -> None:
     training config (a --seq-len given as well must agree). Flags not of pack go to Beam
     (e.g. --direct_running_mode=multi_threading). lwmkit pack --help lists every flag.
     """
-    from lwmkit.pipelines.pack import help_text, run
+    from lwmkit.pipelines.pack.job import help_text, run
     from lwmkit.runtime.progress import crash_log, describe_io_failure, error, errors_to_log, job_log_path
     from lwmkit.schemas import ContractError
 

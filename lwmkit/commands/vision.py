@@ -2,7 +2,7 @@
 
 The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.VisionJob`
 (``lwmkit vision --help`` lists them); Beam's own pass through untouched, so ``lwmkit vision ...`` and ``python -m
-lwmkit.pipelines.vision ...`` take exactly the same arguments.
+lwmkit.pipelines.vision.job ...`` take exactly the same arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def vision(ctx: typer.Context) -> None:
 
 
 def _failures() -> tuple[type[BaseException], ...]:
-    from lwmkit.pipelines.vision_run import VisionJobFailed
+    from lwmkit.pipelines.vision.driver import VisionJobFailed
 
     return (VisionJobFailed,)
 
@@ -34,7 +34,7 @@ def preview(
     dest: str = typer.Option(None, "--dest", help="PNG path (default OUTPUT/preview.png)."),
 ) -> None:
     """Write a PNG grid of original frames beside their VQGAN reconstructions."""
-    from lwmkit.pipelines.preview import write_preview
+    from lwmkit.pipelines.vision.preview import write_preview
 
     typer.echo(write_preview(output, n, checkpoint=vqgan, dest=dest))
 

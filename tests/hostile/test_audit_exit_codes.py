@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from lwmkit.pipelines.audit import AuditConfig, audit
+from lwmkit.pipelines.audit.job import AuditConfig, audit
 from lwmkit.schemas import ContractError, ShardSet
 
 
@@ -146,7 +146,7 @@ def test_unusable_input_is_2_with_one_line(hk, copy_set, tmp_path, case):
 
 def test_a_crash_inside_audit_is_4_never_1(copy_set, monkeypatch, capsys):
     from lwmkit.cli import main
-    from lwmkit.pipelines import audit as audit_module
+    from lwmkit.pipelines.audit import job as audit_module
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")

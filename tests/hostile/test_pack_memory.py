@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lwmkit.pipelines.formatting import encode_head, format_text
+from lwmkit.pipelines.pack.formatting import encode_head, format_text
 from lwmkit.tokenizers.text import TextTokenizer
 
 

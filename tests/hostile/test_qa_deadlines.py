@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from lwmkit.pipelines.qa_client import QAClient, QAClientConfig
-from lwmkit.pipelines.qa_prompt import ParseError, load_prompt, parse_qa
+from lwmkit.pipelines.books.qa_client import QAClient, QAClientConfig
+from lwmkit.pipelines.books.qa_prompt import ParseError, load_prompt, parse_qa
 
 GOOD = json.dumps({"qa": [{"question": "Which animal ran away?", "answer": "The fox."}]})
 

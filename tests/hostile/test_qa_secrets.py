@@ -9,9 +9,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, ResponseCache
-from lwmkit.pipelines.qa_prompt import load_prompt
-from lwmkit.pipelines.redact import Redactor
+from lwmkit.pipelines.books.qa_client import QAClient, QAClientConfig, ResponseCache
+from lwmkit.pipelines.books.qa_prompt import load_prompt
+from lwmkit.pipelines.books.redact import Redactor
 
 KEY = "sk-hostile-3f9a0c77d1e24b6a"  # the same as conftest's
 

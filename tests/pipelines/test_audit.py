@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lwmkit.pipelines.audit import AuditConfig, audit, open_shard_set
-from lwmkit.pipelines.audit_compare import EXIT_DRIFT, EXIT_INTEGRITY, EXIT_OK
+from lwmkit.pipelines.audit.compare import EXIT_DRIFT, EXIT_INTEGRITY, EXIT_OK
+from lwmkit.pipelines.audit.job import AuditConfig, audit, open_shard_set
 from lwmkit.runtime.config import load_config
 from lwmkit.schemas import ContractError, Manifest, MixtureConfig, TokenCounts, load_manifest
 
@@ -22,7 +22,7 @@ SEQ_LEN = 2048
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, pack_inputs) -> dict:
     """One faithful set and one packed from a skewed mixture (the pack job runs twice per module)."""
-    from lwmkit.pipelines.pack import run_pack
+    from lwmkit.pipelines.pack.job import run_pack
 
     root = tmp_path_factory.mktemp("packed")
     out = {"target_yaml": pack_inputs(TARGET, root / "target.yaml")}

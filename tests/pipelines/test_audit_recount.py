@@ -10,9 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lwmkit.pipelines.audit import AuditConfig, audit, open_shard_set, recount, recount_local, recount_shard
-from lwmkit.pipelines.audit_compare import EXIT_DRIFT, EXIT_OK
-from lwmkit.pipelines.audit_stats import Histogram, Recount, bin_index, bin_lower
+from lwmkit.pipelines.audit.compare import EXIT_DRIFT, EXIT_OK
+from lwmkit.pipelines.audit.job import (
+    AuditConfig,
+    audit,
+    open_shard_set,
+    recount,
+    recount_local,
+    recount_shard,
+)
+from lwmkit.pipelines.audit.stats import Histogram, Recount, bin_index, bin_lower
 from lwmkit.schemas import Manifest, MixtureConfig, SourceConfig
 
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from lwmkit.cli import main
-from lwmkit.pipelines.audit import audit
-from lwmkit.pipelines.audit_plots import PLOTS, render_dashboard
-from lwmkit.pipelines.audit_report import render_html
+from lwmkit.pipelines.audit.job import audit
+from lwmkit.pipelines.audit.plots import PLOTS, render_dashboard
+from lwmkit.pipelines.audit.report import render_html
 
 
 def _run(argv: list[str]) -> int:

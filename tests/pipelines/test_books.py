@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from lwmkit.cli import main
-from lwmkit.pipelines.books import run
-from lwmkit.pipelines.chunking import clean_book
-from lwmkit.pipelines.llm_server import LocalLLMServer, ServerConfig, ServerError
+from lwmkit.pipelines.books.chunking import clean_book
+from lwmkit.pipelines.books.job import run
+from lwmkit.pipelines.books.llm_server import LocalLLMServer, ServerConfig, ServerError
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
 from lwmkit.tokenizers.text import TextTokenizer

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.books import BooksJobFailed, run
-from lwmkit.pipelines.chunking import chunk_text, clean_book
-from lwmkit.pipelines.qa_grade import content_words
+from lwmkit.pipelines.books.chunking import chunk_text, clean_book
+from lwmkit.pipelines.books.job import BooksJobFailed, run
+from lwmkit.pipelines.books.qa_grade import content_words
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
@@ -336,9 +336,9 @@ def test_beams_polyfit_warnings_are_silenced_in_qa_workers(faulty_server, secret
 
     import numpy as np
 
-    from lwmkit.pipelines.qa_client import QAClientConfig
-    from lwmkit.pipelines.qa_handler import OpenAIChatQAHandler
-    from lwmkit.pipelines.qa_prompt import load_prompt
+    from lwmkit.pipelines.books.qa_client import QAClientConfig
+    from lwmkit.pipelines.books.qa_handler import OpenAIChatQAHandler
+    from lwmkit.pipelines.books.qa_prompt import load_prompt
 
     rank_warning = getattr(np, "exceptions", np).RankWarning
     handler = OpenAIChatQAHandler(QAClientConfig(faulty_server().endpoint, "fake-qa"), load_prompt(), None)

@@ -1,4 +1,4 @@
-"""Book reading policy and token-budget chunking (pipelines/chunking.py)."""
+"""Book reading policy and token-budget chunking (pipelines/books/chunking.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lwmkit.pipelines.chunking import (
+from lwmkit.pipelines.books.chunking import (
     BookError,
     ReadPolicy,
     chunk_text,
@@ -120,7 +120,7 @@ def test_any_text_chunks_within_budget_without_loss(pieces, seps, budget):
 
 
 def test_encodings_and_replaced_byte_counts():
-    from lwmkit.pipelines.chunking import decode_counted, read_book
+    from lwmkit.pipelines.books.chunking import decode_counted, read_book
 
     latin = "Café crème, naïve façade — 50 €".encode("cp1252")
     assert decode_counted(latin, ReadPolicy(encoding="cp1252")) == ("Café crème, naïve façade — 50 €", 0)

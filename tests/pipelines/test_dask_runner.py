@@ -235,7 +235,7 @@ def test_audit_recount_on_dask_matches_the_direct_runner(cluster, audit_set_writ
     for name, runner in (("direct", ["--runner", "DirectRunner"]), ("dask", _dask_args(cluster))):
         before = cluster.executed()
         main(["audit", str(tmp_path / "set"), "-q", "--json", str(tmp_path / f"{name}.json"), *runner,
-              f"--recount_output={tmp_path / name}-recount.json"])  # fmt: skip
+              f"--recount-output={tmp_path / name}-recount.json"])  # fmt: skip
         if name == "dask":
             assert cluster.ran(before) > 10
         reports[name] = (tmp_path / f"{name}.json").read_bytes()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from lwmkit.pipelines.decode import (
+from lwmkit.pipelines.vision.decode import (
     DecodeConfig,
     DecodeError,
     MediaTooLarge,
@@ -23,7 +23,7 @@ from lwmkit.pipelines.decode import (
     resize_crop,
     select_frames,
 )
-from lwmkit.pipelines.decode_worker import DecoderCrashed, DecodeTimeout, IsolatedDecoder, decode_local
+from lwmkit.pipelines.vision.decode_worker import DecoderCrashed, DecodeTimeout, IsolatedDecoder, decode_local
 from lwmkit.schemas.errors import ContractError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lwmkit.pipelines.formatting import book_chat_examples, format_text, format_vision, vision_example
+from lwmkit.pipelines.pack.formatting import book_chat_examples, format_text, format_vision, vision_example
 from lwmkit.schemas import ContractError, SourceConfig
 from lwmkit.tokenizers.text import ASSISTANT, TextTokenizer
 from lwmkit.tokenizers.vision_layout import decode_block, find_blocks

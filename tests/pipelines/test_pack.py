@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lwmkit.pack_demo import write_demo_mixture, write_vision_records
-from lwmkit.pipelines.pack import run_pack
+from lwmkit.pipelines.pack.job import run_pack
 from lwmkit.schemas import VISION_RECORD, ContractError, ShardSet, read_dead_letters, read_table, write_table
 from lwmkit.tokenizers.text import TextTokenizer
 from lwmkit.tokenizers.vision_layout import find_blocks, split_frames
@@ -314,7 +314,7 @@ def _train_yaml(tmp_path: Path, **top) -> Path:
 
 def test_the_stage_is_the_one_source_of_seq_len(inputs, tmp_path, capsys):
     from lwmkit.cli import main
-    from lwmkit.pipelines.pack import stage_target
+    from lwmkit.pipelines.pack.job import stage_target
 
     train = _train_yaml(tmp_path)
     main(["pack", "--mixture", str(inputs), "--train", str(train), "--stage", "long"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lwmkit.pack_demo import write_demo_mixture
-from lwmkit.pipelines.pack import run_pack
+from lwmkit.pipelines.pack.job import run_pack
 from lwmkit.schemas import ShardSet
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def _cmd(mixture: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "lwmkit.pipelines.pack",
+        "lwmkit.pipelines.pack.job",
         "--mixture",
         str(mixture),
         "--seq-len",

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lwmkit.pipelines.formatting import Example
-from lwmkit.pipelines.packing import (
+from lwmkit.pipelines.pack.formatting import Example
+from lwmkit.pipelines.pack.packing import (
     ALGORITHMS,
     StreamingPacker,
     cut_points,
@@ -17,7 +17,7 @@ from lwmkit.pipelines.packing import (
     packing_efficiency,
     split_lengths,
 )
-from lwmkit.pipelines.sequences import assemble, fit_example
+from lwmkit.pipelines.pack.sequences import assemble, fit_example
 from lwmkit.schemas import PackedMeta, validate_packed
 from lwmkit.tokenizers.text import TextTokenizer
 from lwmkit.tokenizers.vision_layout import encode_block, find_blocks, split_frames

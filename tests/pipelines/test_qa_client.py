@@ -1,4 +1,4 @@
-"""The OpenAI-compatible QA client (pipelines/qa_client.py) and reply parser (qa_prompt.py),
+"""The OpenAI-compatible QA client (pipelines/books/qa_client.py) and reply parser (qa_prompt.py),
 against a scripted loopback HTTP server."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lwmkit.pipelines.qa_client import QAClient, QAClientConfig, ResponseCache
-from lwmkit.pipelines.qa_prompt import ParseError, load_prompt, parse_qa
+from lwmkit.pipelines.books.qa_client import QAClient, QAClientConfig, ResponseCache
+from lwmkit.pipelines.books.qa_prompt import ParseError, load_prompt, parse_qa
 
 GOOD = json.dumps({"qa": [{"question": "Who ran?", "answer": "The fox."}]})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lwmkit.pipelines.qa_grade import (
+from lwmkit.pipelines.books.qa_grade import (
     ChunkIndex,
     GradeConfig,
     Graded,
@@ -13,7 +13,7 @@ from lwmkit.pipelines.qa_grade import (
     grade_summary,
     span_share,
 )
-from lwmkit.pipelines.qa_prompt import ParseError, parse_qa
+from lwmkit.pipelines.books.qa_prompt import ParseError, parse_qa
 
 CHUNK = (
     "Titus Andronicus returned to Rome after ten years of war against the Goths. He buried his sons in the "

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.decode import DecodeConfig, iter_frames, plan_media
-from lwmkit.pipelines.vision import run
-from lwmkit.pipelines.vision_run import VisionJobFailed
+from lwmkit.pipelines.vision.decode import DecodeConfig, iter_frames, plan_media
+from lwmkit.pipelines.vision.driver import VisionJobFailed
+from lwmkit.pipelines.vision.job import run
 from lwmkit.schemas.dead_letters import read_dead_letters
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import VISION_RECORD, read_table, vision_record_id
@@ -162,7 +162,7 @@ def test_faulty_files_are_dead_lettered_and_good_ones_tokenized(
 
 
 def test_preview_is_rebuilt_only_when_what_it_shows_changes(good_run, vqgan_checkpoint):
-    from lwmkit.pipelines.preview import update_preview
+    from lwmkit.pipelines.vision.preview import update_preview
 
     _, out, _ = good_run
     png, shown, rebuilt = update_preview(str(out), 2, checkpoint=vqgan_checkpoint, frames=1)
@@ -177,7 +177,7 @@ def test_preview_is_rebuilt_only_when_what_it_shows_changes(good_run, vqgan_chec
 def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
     from PIL import Image
 
-    from lwmkit.pipelines.preview import write_preview
+    from lwmkit.pipelines.vision.preview import write_preview
 
     _, out, _ = good_run
     png = write_preview(str(out), 3, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "p.png"), frames=2)
@@ -186,7 +186,7 @@ def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
     pixels = np.asarray(image.convert("RGB"))
     assert pixels[:256, :256].std() > 10 and pixels[:256, 256:512].std() > 10  # original and reconstruction
     # a budget above the records' frame counts: as many columns as the longest record, none left blank
-    from lwmkit.pipelines.preview import first_records
+    from lwmkit.pipelines.vision.preview import first_records
 
     longest = max(r["n_frames"] for r in first_records(str(out), 3))
     wide = Image.open(write_preview(str(out), 3, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "w.png"), frames=64))
@@ -201,7 +201,7 @@ def test_cli_and_module_entry_points(tmp_path, vision_media, vqgan_checkpoint, c
     main(["vision", "--help"])
     help_text = capsys.readouterr().out
     assert "--retry-dead-letters" in help_text and "--max-failure-ratio" in help_text
-    bad = subprocess.run([sys.executable, "-m", "lwmkit.pipelines.vision", "--inputs", str(tmp_path / "nothing*"),
+    bad = subprocess.run([sys.executable, "-m", "lwmkit.pipelines.vision.job", "--inputs", str(tmp_path / "nothing*"),
                           "--output", str(tmp_path / "o"), "--vqgan", vqgan_checkpoint], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "matches no files" in bad.stderr
     media = tmp_path / "m"

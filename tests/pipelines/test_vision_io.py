@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.inputs import MediaInput, read_inputs
+from lwmkit.pipelines.vision.inputs import MediaInput, read_inputs
 from lwmkit.runtime.dead_letters import (
     WriteDeadLetters,
     dead_letter_path,

@@ -10,7 +10,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from lwmkit.pipelines.vision import run
+from lwmkit.pipelines.vision.job import run
 
 pytestmark = pytest.mark.slow
 INPUTS = ("image.png", "wide.mp4", "random.mp4")  # two good, one bad: dead letters cross runners too

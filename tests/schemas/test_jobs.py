@@ -8,9 +8,9 @@ import pytest
 
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.flags import help_text, parse_job
-from lwmkit.schemas.jobs import AuditJob, BooksJob, PackJob, VisionJob
+from lwmkit.schemas.jobs import AuditJob, BooksJob, PackJob, RecountJob, VisionJob
 
-JOBS = (VisionJob, BooksJob, PackJob, AuditJob)
+JOBS = (VisionJob, BooksJob, PackJob, AuditJob, RecountJob)
 
 
 def test_dashed_flags_make_the_job_and_the_rest_goes_to_beam():

@@ -84,7 +84,7 @@ def export(tmp_path_factory, params) -> Path:
 def _mixed_sequence(layout) -> tuple[np.ndarray, np.ndarray]:
     """A 2-frame video question (text, <vision>, codes, end-of-frame, ..., </vision>, text)
     made by lwmkit's own formatting: ids and vision mask."""
-    from lwmkit.pipelines.formatting import format_vision
+    from lwmkit.pipelines.pack.formatting import format_vision
 
     tok = TextTokenizer.load(TOKENIZER)
     codes = np.random.default_rng(1).integers(0, layout.n_codes, (2, layout.codes_per_frame))
@@ -217,7 +217,7 @@ def test_folder_follows_vllms_llama_layout(export):
 
 
 def test_vision_ids_map_a_record_as_lwmkit_packs_it(export):
-    from lwmkit.pipelines.formatting import vision_block
+    from lwmkit.pipelines.pack.formatting import vision_block
 
     layout = convert_hf.load_layout(str(export))
     tok = TextTokenizer.load(TOKENIZER)

@@ -1,0 +1,5 @@
+"""``python -m lwmkit.pipelines.pack``: the same as ``lwmkit pack``."""
+
+from lwmkit.pipelines.pack.job import main
+
+main()
