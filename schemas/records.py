@@ -12,6 +12,7 @@ in every shard.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,20 @@ def write_table(rows: Iterable[Mapping[str, Any]], contract: ParquetContract, pa
     validate_rows(rows, contract, source=str(path))
     table = pa.Table.from_pylist(rows, schema=contract.schema)
     pq.write_table(table, path)
+
+
+def table_bytes(rows: Iterable[Mapping[str, Any]], contract: ParquetContract, *,
+                metadata: Mapping[bytes, bytes] | None = None) -> bytes:
+    """Validate ``rows`` and return one Parquet file (zstd) carrying the contract metadata plus
+    ``metadata``: the same rows in the same order give the same bytes."""
+    rows = list(rows)
+    validate_rows(rows, contract)
+    schema = contract.schema
+    if metadata:
+        schema = schema.with_metadata({**(schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
+    return buf.getvalue()
 
 
 def validate_rows(rows: Iterable[Mapping[str, Any]], contract: ParquetContract, *, source: str = "") -> None:

@@ -44,6 +44,7 @@ from lwmkit.pipelines.books.book_io import (
 )
 from lwmkit.pipelines.books.chunking import BookError, ReadPolicy, chunk_text, read_book
 from lwmkit.pipelines.books.llm_server import LocalLLMServer, ServerConfig, ServerError
+from lwmkit.pipelines.books.output import WriteChunks, remove_stale_shards
 from lwmkit.pipelines.books.qa_client import QAClientConfig
 from lwmkit.pipelines.books.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.books.qa_handler import OpenAIChatQAHandler, ToRecords
@@ -56,7 +57,7 @@ from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.flags import help_text as flag_help
 from lwmkit.schemas.flags import parse_job
 from lwmkit.schemas.jobs import BEAM_PASS_THROUGH, BooksJob
-from lwmkit.schemas.records import BOOK_CHUNK, chunk_id
+from lwmkit.schemas.records import chunk_id
 
 
 class BooksJobFailed(RuntimeError):
@@ -149,10 +150,7 @@ def build(p: beam.Pipeline, o: BooksJob, qa: QAClientConfig, cache: str | None) 
     records = answered | "ToRecords" >> beam.ParDo(ToRecords(qa.model, prompt.version)).with_outputs(
         DEAD, main="records"
     )
-    _ = records.records | "WriteRecords" >> beam.io.WriteToParquet(
-        FileSystems.join(o.output, "chunks"), BOOK_CHUNK.schema, file_name_suffix=".parquet",
-        num_shards=o.num_shards, shard_name_template="-SSSSS-of-NNNNN",
-    )  # fmt: skip
+    _ = records.records | "WriteRecords" >> WriteChunks(o.output, o.num_shards)
     _ = (
         (read_dead, chunks[DEAD], records[DEAD])
         | "AllDeadLetters" >> beam.Flatten()
@@ -211,6 +209,8 @@ def _run(options: PipelineOptions, o: BooksJob, cache: str | None) -> dict[str, 
         with beam.Pipeline(options=options) as p:
             build(p, o, qa, cache)
         result = p.result
+    for path in remove_stale_shards(o.output, o.num_shards):
+        warn(f"books: removed {path} (a shard of an earlier run with another --num-shards)")
     counts = counters(result)
     per_book = {k[len(PER_BOOK) :]: counts.pop(k) for k in sorted(counts) if k.startswith(PER_BOOK)}
     summary = {"counters": counts, "replaced_bytes_per_book": per_book, "encoding": o.encoding, "model": model, "endpoint": "embedded" if embedded else _public_endpoint(endpoint),

@@ -20,13 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from lwmkit.runtime.files import BEAM, write_atomic
 from lwmkit.schemas.errors import ContractError
-from lwmkit.schemas.records import VISION_RECORD, read_table, validate_rows
+from lwmkit.schemas.records import VISION_RECORD, read_table, table_bytes
 
 JOB = "vision"
 SETTINGS_FILE = "vision_job.json"
@@ -97,14 +96,7 @@ def read_state(output: str) -> OutputState:
 def shard_bytes(rows: list[dict], input_keys: Iterable[str]) -> bytes:
     """One shard: rows sorted by id, the inputs it holds in its metadata; deterministic bytes."""
     rows = sorted(rows, key=lambda r: r["id"])
-    validate_rows(rows, VISION_RECORD)
-    schema = VISION_RECORD.schema
-    schema = schema.with_metadata(
-        {**schema.metadata, INPUTS_META: json.dumps(sorted(set(input_keys))).encode()}
-    )
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, compression="zstd")
-    return buf.getvalue()
+    return table_bytes(rows, VISION_RECORD, metadata={INPUTS_META: json.dumps(sorted(set(input_keys))).encode()})
 
 
 class _WriteShardFn(beam.DoFn):

@@ -114,9 +114,16 @@ def test_cli_runs_the_job_multi_process_from_cache(book_slice, tmp_path, capfd):
         "--qa-regrades=0",  # one reply per chunk: each is cached unless it held no pair at all
     ]
     main(["books", *common])
+    (out / "chunks-00007-of-00009.parquet").write_bytes(b"a shard of a run with other --num-shards")
     capfd.readouterr()
     main(["books", *common, "--qa-endpoint=http://127.0.0.1:9/v1", "--qa-model=SmolLM2-135M-Instruct",
-          "--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
+          "--direct_num_workers=2", "--direct_running_mode=multi_processing", "--num-shards=3"])  # fmt: skip
+    # every shard written, empty or not; the other run's shard removed
+    assert sorted(p.name for p in out.glob("chunks-*")) == [f"chunks-{i:05d}-of-00003.parquet" for i in range(3)]
+    again = tmp_path / "again"  # in-process, from the same cache: the same shards, byte for byte
+    main(["books", *common, f"--output={again}", f"--qa-cache={out / 'qa_cache'}", "--num-shards=3",
+          "--qa-endpoint=http://127.0.0.1:9/v1", "--qa-model=SmolLM2-135M-Instruct"])  # fmt: skip
+    assert [p.read_bytes() for p in sorted(again.glob("chunks-*"))] == [p.read_bytes() for p in sorted(out.glob("chunks-*"))]
     summary = json.loads((out / "summary.json").read_text())
     n = summary["counters"]
     unanswered = sum(

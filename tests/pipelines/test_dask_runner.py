@@ -297,7 +297,7 @@ def test_books_on_dask_matches_the_direct_runner(cluster, qa_server, botchan, tm
     (tmp_path / "in" / "blob.txt").write_bytes(bytes(range(256)) * 4)  # a dead letter
     endpoint = f"http://127.0.0.1:{qa_server.server_address[1]}/v1"
     common = ["books", f"--input={tmp_path / 'in' / '*'}", "--chunk-tokens=200", f"--qa-endpoint={endpoint}",
-              "--qa-model=fixed-qa", "--qa-min-grounding=0", "--qa-min-span=0"]  # fmt: skip (gate: debris/length/trivial only)
+              "--qa-model=fixed-qa", "--qa-min-grounding=0", "--qa-min-span=0", "--num-shards=3"]  # fmt: skip (gate: debris/length/trivial only)
     main([*common, f"--output={tmp_path / 'direct'}"])
     direct_requests, before = qa_server.requests, cluster.executed()
     main([*common, f"--output={tmp_path / 'dask'}", *_dask_args(cluster)])
@@ -307,7 +307,7 @@ def test_books_on_dask_matches_the_direct_runner(cluster, qa_server, botchan, tm
         _files(tmp_path / "direct", ("summary.json",)),
         _files(tmp_path / "dask", ("summary.json",)),
     )
-    assert sum(n.startswith("chunks-") for n in direct) == 1 and b"blob.txt" in direct["dead_letters.jsonl"]
+    assert sum(n.startswith("chunks-") for n in direct) == 3 and b"blob.txt" in direct["dead_letters.jsonl"]
     assert dask == direct  # records, dead letters and the response cache, byte for byte
     summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("direct", "dask")]
     for s in summaries:
