@@ -12,7 +12,8 @@ The lease is ``FOLDER/.lwmkit-lease``, held two ways at once:
 A second run is refused with :class:`LeaseHeld`, one line naming the holder. Taking over a
 stale lease is safe: the taker must win the ``flock``, and it re-checks that the path still
 names the file it locked (a holder that just released may have unlinked it).
-Only local folders are leased (object stores have no locks): :func:`lease_supported` says which.
+Local folders are leased this way; ``s3://`` folders by :class:`BucketLease` (conditional
+requests; below); other bucket schemes run unleased with a warning.
 
 Usage::
 
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from lwmkit.schemas.errors import ContractError
@@ -172,15 +174,181 @@ class OutputLease:
                 pass  # a full disk must not kill the job over a heartbeat; the flock still holds
 
 
+# ---------------------------------------------------------------------------------- S3 leases
+# One writer per output on S3: the lease as an object written with conditional requests.
+#
+# Object stores have no locks, but S3 (AWS since 2024, MinIO, moto) honours ``If-None-Match: *``
+# and ``If-Match: <etag>`` on PUT and DELETE, which is enough for a lease:
+#
+# * **take**: PUT ``FOLDER/.lwmkit-lease`` with ``If-None-Match: *`` — exactly one of two racing
+#   runs succeeds; the other reads the holder and is refused (:class:`LeaseHeld`, one line);
+# * **heartbeat**: every ``heartbeat_s`` the holder rewrites the object with ``If-Match`` on its
+#   own ETag, so a holder whose lease was taken over learns it (and says so when it ends);
+# * **stale**: a lease whose object was last written more than ``stale_after_s`` ago, by the
+#   server's clock (``Last-Modified`` against the reply's ``Date``: no clock skew between hosts),
+#   belongs to a run that died; it is taken over with ``If-Match`` on the stale ETag, so of two
+#   runs taking over the same stale lease only one wins;
+# * **release**: DELETE with ``If-Match``, never removing a lease another run took.
+#
+# The endpoint and credentials are the ones fsspec uses for ``s3://`` (``fsspec.config``,
+# ``FSSPEC_S3_ENDPOINT_URL``, then botocore's own chain: ``AWS_ENDPOINT_URL_S3``, profiles ...).
+
+
+def bucket_lease_supported(folder: str) -> bool:
+    return folder.startswith("s3://")
+
+
+def _client() -> Any:
+    import botocore.session
+    import fsspec
+
+    endpoint = (fsspec.config.conf.get("s3") or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint or None)
+
+
+def _code(err: Exception) -> str:
+    return str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class BucketLease:
+    """An exclusive lease on the S3 folder ``s3://bucket/prefix``; a context manager like
+    :class:`~lwmkit.runtime.lease.OutputLease` (``took_over`` names a stale holder it replaced)."""
+
+    def __init__(self, folder: str, job: str, *, heartbeat_s: float = 10.0, stale_after_s: float = 120.0,
+                 client: Any = None):  # fmt: skip
+        if not bucket_lease_supported(folder):
+            raise ValueError(f"only s3:// folders have bucket leases, not {folder!r}")
+        bucket, _, prefix = folder[len("s3://") :].partition("/")
+        self.folder, self.bucket = folder.rstrip("/"), bucket
+        self.key = f"{prefix.strip('/')}/{LEASE_NAME}" if prefix.strip("/") else LEASE_NAME
+        self.job, self.heartbeat_s, self.stale_after_s = job, heartbeat_s, stale_after_s
+        self.took_over: str | None = None
+        self.lost_to: str | None = None  # set when another run took the lease while we held it
+        self._client = client
+        self._etag: str | None = None
+        self._info: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> BucketLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _client()
+        return self._client
+
+    def acquire(self) -> None:
+        self._info = {"host": socket.gethostname(), "pid": os.getpid(), "job": self.job, "started": _now_iso()}
+        for _ in range(20):  # retried only when the lease changed between our two requests
+            if self._put(IfNoneMatch="*"):
+                break
+            holder, etag, age = self._read()
+            if etag is None:
+                continue  # released in between: try again
+            if age < self.stale_after_s:
+                raise LeaseHeld(f"output folder is in use by {describe_holder(holder)}; refusing to write into it",
+                                source=self.folder)  # fmt: skip
+            if self._put(IfMatch=etag):
+                self.took_over = describe_holder(holder)
+                break
+        else:
+            raise LeaseHeld("the lease keeps changing hands; another run is starting", source=self.folder)
+        self._beat = threading.Thread(target=self._heartbeat, name="bucket-lease-heartbeat", daemon=True)
+        self._beat.start()
+
+    def release(self) -> None:
+        if self._etag is None and self.lost_to is None:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        if self._etag is not None:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+            except Exception as err:  # noqa: BLE001 - botocore's ClientError, raised per service
+                if _code(err) not in ("PreconditionFailed", "NoSuchKey", "412"):
+                    raise
+            self._etag = None
+        if self.lost_to is not None:
+            lost, self.lost_to = self.lost_to, None
+            raise LeaseHeld(f"the lease was taken over by {lost} while this run was writing (its heartbeat "
+                            "was late); check the output before using it", source=self.folder)  # fmt: skip
+
+    def _put(self, **condition: str) -> bool:
+        """Write our holder record under ``condition``; False when the condition failed."""
+        body = (json.dumps(self._info, sort_keys=True) + "\n").encode()
+        try:
+            reply = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **condition)
+        except Exception as err:  # noqa: BLE001
+            if _code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            if _code(err) == "NoSuchKey" and "IfMatch" in condition:
+                return False
+            raise
+        self._etag = reply["ETag"]
+        return True
+
+    def _read(self) -> tuple[dict[str, Any], str | None, float]:
+        """The holder record, its ETag (None: no lease now) and its age in seconds by the server's clock."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as err:  # noqa: BLE001
+            if _code(err) in ("NoSuchKey", "404"):
+                return {}, None, 0.0
+            raise
+        try:
+            holder = json.loads(reply["Body"].read() or b"{}")
+        except ValueError:
+            holder = {}
+        date = reply.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(date).timestamp() if date else time.time()
+        return (holder if isinstance(holder, dict) else {}), reply["ETag"], now - reply["LastModified"].timestamp()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._info["heartbeat"] = _now_iso()
+            try:
+                if not self._put(IfMatch=self._etag):
+                    holder, _, _ = self._read()
+                    self.lost_to, self._etag = describe_holder(holder) if holder else "another run", None
+                    return
+            except Exception:  # noqa: BLE001 - a network blip must not kill the job; the next beat retries
+                continue
+
+
 @contextmanager
 def lease_output(
     folder: str, job: str, *, note: Callable[[str], None] = print
-) -> Iterator[OutputLease | None]:
-    """Hold ``folder``'s lease for the block (raises :class:`LeaseHeld`); a bucket URL cannot be
-    leased: ``note`` says so and the block runs unleased (None)."""
-    if not lease_supported(folder):
-        note(f"{folder}: bucket folders cannot be leased; make sure no other run writes there")
+) -> Iterator[OutputLease | BucketLease | None]:
+    """Hold ``folder``'s lease for the block (raises :class:`LeaseHeld`); a bucket URL other than
+    ``s3://`` cannot be leased: ``note`` says so and the block runs unleased (None)."""
+    if not lease_supported(folder) and not bucket_lease_supported(folder):
+        note(f"{folder}: only local and s3:// folders can be leased; make sure no other run writes there")
         yield None
+        return
+    if bucket_lease_supported(folder):
+        lease = BucketLease(folder, job)
+        try:
+            lease.acquire()
+        except LeaseHeld:
+            raise
+        except Exception as err:  # noqa: BLE001 - no endpoint/credentials for the lease: as before, unleased
+            note(f"{folder}: could not take the output lease ({type(err).__name__}: {err}); running unleased, "
+                 "make sure no other run writes there")  # fmt: skip
+            yield None
+            return
+        try:
+            if lease.took_over:
+                note(f"{folder}: took over the lease left by {lease.took_over} (no longer writing)")
+            yield lease
+        finally:
+            lease.release()
         return
     with OutputLease(folder, job) as lease:
         if lease.took_over:
