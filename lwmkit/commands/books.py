@@ -2,7 +2,7 @@
 
 The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.BooksJob`
 (``lwmkit books --help`` lists them); Beam's own pass through untouched, so ``lwmkit books ...`` and ``python -m
-lwmkit.pipelines.books.job ...`` take exactly the same arguments.
+lwmkit.pipelines.books ...`` take exactly the same arguments.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The flags are generated from the job's typed config, :class:`lwmkit.schemas.jobs.VisionJob`
 (``lwmkit vision --help`` lists them); Beam's own pass through untouched, so ``lwmkit vision ...`` and ``python -m
-lwmkit.pipelines.vision.job ...`` take exactly the same arguments.
+lwmkit.pipelines.vision ...`` take exactly the same arguments.
 """
 
 from __future__ import annotations

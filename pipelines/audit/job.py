@@ -6,7 +6,7 @@ associatively (``audit_stats.py``). Two ways to run the same per-shard function:
 
 * a **local pass** (the default for sets under ``beam_min_bytes``): no job start-up cost,
   which dominates for the small sets a CI gate usually audits;
-* a **Beam job** (``audit_beam.py``: ``ListShards | Spread | RecountShards | Merge | Write``)
+* a **Beam job** (``recount_job.py``: ``ListShards | Spread | RecountShards | Merge | Write``)
   for big sets, one shard per element, on DirectRunner (multi-process) or any runner.
 
 Every shard is read even after a bad one: a missing shard, a checksum or size mismatch,

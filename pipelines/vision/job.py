@@ -3,7 +3,7 @@
     ReadInputs | Decode | Tokenize | AssembleRecords | WriteRecords      (+ WriteDeadLetters)
 
 Run it as ``lwmkit vision --inputs 'videos/*' --output out/`` or ``python -m
-lwmkit.pipelines.vision.job ...``; Beam's own flags pass through (``--runner``,
+lwmkit.pipelines.vision ...``; Beam's own flags pass through (``--runner``,
 ``--direct_num_workers=2 --direct_running_mode=multi_processing``, Dataflow/Flink/Spark flags).
 Inputs are a glob, a folder or a manifest (:mod:`lwmkit.pipelines.vision.inputs`); outputs and resume
 rules are in :mod:`lwmkit.pipelines.vision.output`. A bad input never stops the job: it lands
