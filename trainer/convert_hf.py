@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -51,19 +51,26 @@ def hf_tensors(
         shape = tuple(want[ours].shape)
         if len(shape) == 2 and not ours.endswith("embedding"):
             shape = shape[::-1]  # [in, out] -> [out, in]
-        blocks: list[Callable[[], np.ndarray]] = [
-            lambda ours=ours: convert.to_llama_tensor(ours, read(ours), text_model, "hf")
-        ]
+        keys = [ours]
         if theirs in vision:
             shape = (shape[0] + model.vision_vocab_size, shape[1])
-            blocks.append(functools.partial(_vision_rows, read, vision[theirs], theirs == HEAD))
-        out.append(hf_shards.Tensor(theirs, shape, dtype, lambda blocks=blocks: (b() for b in blocks)))
+            keys.append(vision[theirs])
+        parts = functools.partial(_rows, read, keys, text_model)
+        out.append(hf_shards.Tensor(theirs, shape, dtype, parts))
     return out
 
 
-def _vision_rows(read: Callable[[str], Any], key: str, transpose: bool) -> np.ndarray:
-    w = np.asarray(read(key), np.float32)
-    return w.T if transpose else w  # vision_head is [d, Vv]: its HF rows are its columns
+def _rows(read: Callable[[str], Any], keys: list[str], model: ModelConfig) -> Iterator[np.ndarray]:
+    """The HF rows of our params ``keys`` (one tensor's blocks, in order), a param at a time.
+    A param is converted whole: orbax's restore already holds it twice (its read buffer and
+    the array), so a whole transposed copy raises no peak."""
+    for key in keys:
+        if key == convert.VISION_KEYS[0]:
+            yield np.asarray(read(key), np.float32)
+        elif key == convert.VISION_KEYS[1]:
+            yield np.asarray(read(key), np.float32).T  # vision_head is [d, Vv]: its HF rows are its columns
+        else:
+            yield convert.to_llama_tensor(key, read(key), model, "hf")
 
 
 def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:

@@ -246,8 +246,21 @@ def test_a_failed_write_leaves_no_shard_under_a_final_name(tmp_path):
     assert files == [str(tmp_path / "model.safetensors")] and np.array_equal(load_file(files[0])["a"], w)
 
 
-def test_to_hf_matches_the_streamed_tensors(params, exports):
-    """The in-memory ``to_hf`` and the streaming export are one mapping."""
+def test_streamed_tensors_are_llamas_text_rows_then_the_vision_rows(params, exports):
+    """The export (row blocks, one param at a time) against the whole-array mapping: text
+    tensors as ``convert.to_llama`` makes them, then ``vte`` / ``vision_head`` transposed."""
     one, _ = exports
-    got, single = convert_hf.to_hf(params, MODEL), load_file(str(one / "model.safetensors"))
+    single = load_file(str(one / "model.safetensors"))
+    text = convert.to_llama(
+        convert.without_vision(params), ModelConfig(**{**MODEL.__dict__, "vision_vocab_size": 0})
+    )
+    flat = convert.flatten(params)
+    text[convert_hf.EMBED] = np.concatenate(
+        [text[convert_hf.EMBED], np.asarray(flat[convert.VISION_KEYS[0]])]
+    )
+    text[convert_hf.HEAD] = np.concatenate(
+        [text[convert_hf.HEAD], np.asarray(flat[convert.VISION_KEYS[1]]).T]
+    )
+    assert text.keys() == single.keys() and all(np.array_equal(text[k], single[k]) for k in text)
+    got = convert_hf.to_hf(params, MODEL)
     assert got.keys() == single.keys() and all(np.array_equal(got[k], single[k]) for k in got)
