@@ -66,7 +66,8 @@ def add_vision_params(params: Tree, model: ModelConfig, rng: jax.Array, *, shard
     return unflatten(flat)
 
 
-def _check_shapes(params: Tree, model: ModelConfig, source: str) -> Tree:
+def check_shapes(params: Tree, model: ModelConfig, source: str) -> Tree:
+    """``params`` (arrays or shape structs) if they are the model's (vision params optional)."""
     from lwmkit.trainer.model import param_shapes
 
     want = flatten(param_shapes(model))
@@ -96,7 +97,7 @@ def load_lwm(path: str, model: ModelConfig) -> Tree:
             if parts and parts[0] == "params":
                 parts = parts[1:]
             flat["/".join(parts)] = np.asarray(msgpack_restore(value), dtype=np.float32)
-    return _check_shapes(unflatten(flat), model, path)
+    return check_shapes(unflatten(flat), model, path)
 
 
 def save_lwm(params: Tree, path: str) -> None:
@@ -202,7 +203,7 @@ def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layou
             w = w.T
         flat[ours] = w
     params = unflatten(flat)
-    _check_shapes(params, model, source)
+    check_shapes(params, model, source)
     return params
 
 

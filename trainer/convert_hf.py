@@ -266,7 +266,7 @@ class StoredParams:
         self.stage = next((s for s in cfg.stages if s.name == meta["stage"]), None)
         if self.stage is None:
             raise ContractError(f"stage {meta['stage']!r} is not in the checkpoint's config", source=ckpt)
-        convert._check_shapes(convert.unflatten(dict(self.shapes)), self.model, ckpt)
+        convert.check_shapes(convert.unflatten(dict(self.shapes)), self.model, ckpt)
         if self.model.vision_vocab_size and convert.missing_vision(
             convert.unflatten(dict(self.shapes)), param_shapes(self.model)
         ):
