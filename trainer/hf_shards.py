@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 from lwmkit.runtime.files import temp_path, write_atomic
@@ -35,10 +35,10 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 DEFAULT_MAX_SHARD = "5GB"  # transformers' save_pretrained default
-# --dtype name -> (numpy dtype, safetensors dtype, config.json torch_dtype)
+# --dtype name (config.json's torch_dtype too) -> (numpy dtype, safetensors dtype)
 DTYPES = {
     "float32": (np.dtype(np.float32), "F32"),
-    "bfloat16": (np.dtype(ml_dtypes.bfloat16), "BF16"),
+    "bfloat16": (np.dtype(jnp.bfloat16), "BF16"),  # numpy has none; JAX's (ml_dtypes) is the one
     "float16": (np.dtype(np.float16), "F16"),
 }
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -114,7 +114,13 @@ def write_file(path: str, tensors: list[Tensor], metadata: dict[str, str]) -> No
                 want, wrote = np.dtype(DTYPES[t.dtype][0]), 0
                 for part in t.parts():
                     # native order is safetensors' little-endian on every host JAX runs on (x86, ARM)
-                    part = np.ascontiguousarray(part.astype(want, copy=False))
+                    with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+                        part = np.ascontiguousarray(part.astype(want, copy=False))
+                    if want == np.float16 and not np.isfinite(part).all():  # float16 tops out at 65504
+                        raise ContractError(
+                            f"{t.name} has values beyond float16's range (65504): export as bfloat16 or float32",
+                            field="--dtype",
+                        )
                     f.write(part.reshape(-1).view(np.uint8).data)
                     wrote += part.nbytes
                     del part  # the only copy: freed before the next part is made

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import jax
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -152,9 +152,7 @@ def test_bfloat16_export_rounds_each_weight_once(exports, ckpt, tmp_path):
     single, half = load_file(str(one / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert half.keys() == single.keys()
     for k, a in single.items():
-        assert half[k].dtype == ml_dtypes.bfloat16 and np.array_equal(
-            half[k], a.astype(ml_dtypes.bfloat16)
-        ), k
+        assert half[k].dtype == jnp.bfloat16 and np.array_equal(half[k], a.astype(jnp.bfloat16)), k
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert (out / "model.safetensors").stat().st_size < 0.51 * (one / "model.safetensors").stat().st_size
     assert _run("import", str(out), "--format", "hf", "--out", str(tmp_path / "ck")) == 0  # back as fp32
@@ -162,7 +160,7 @@ def test_bfloat16_export_rounds_each_weight_once(exports, ckpt, tmp_path):
     emb = np.asarray(back["transformer/wte/embedding"])
     assert emb.dtype == np.float32
     assert np.array_equal(
-        emb, single["model.embed_tokens.weight"][:8000].astype(ml_dtypes.bfloat16).astype(np.float32)
+        emb, single["model.embed_tokens.weight"][:8000].astype(jnp.bfloat16).astype(np.float32)
     )
 
 
@@ -264,3 +262,15 @@ def test_streamed_tensors_are_llamas_text_rows_then_the_vision_rows(params, expo
     assert text.keys() == single.keys() and all(np.array_equal(text[k], single[k]) for k in text)
     got = convert_hf.to_hf(params, MODEL)
     assert got.keys() == single.keys() and all(np.array_equal(got[k], single[k]) for k in got)
+
+
+def test_float16_refuses_weights_it_cannot_hold(tmp_path):
+    big = np.array([[1.0, 7e4]], np.float32)
+    tensors = [hf_shards.Tensor("w", (1, 2), "float16", lambda: iter([big]))]
+    with pytest.raises(ContractError, match="beyond float16's range"):
+        hf_shards.write_folder(str(tmp_path), tensors, 10**9, {"format": "pt"})
+    assert os.listdir(tmp_path) == []
+    ok = [hf_shards.Tensor("w", (1, 2), "float16", lambda: iter([big / 2]))]
+    assert load_file(hf_shards.write_folder(str(tmp_path), ok, 10**9, {})[0])["w"].tolist() == [
+        [0.5, 35008.0]
+    ]
