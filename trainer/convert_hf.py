@@ -383,6 +383,8 @@ def export_hf(
     for name in dict.fromkeys([*HF_OUT, *hf_shards.written(out)]):  # shards of an earlier export too
         convert.clear_path(os.path.join(out, name), overwrite, "an exported model")
     os.makedirs(out, exist_ok=True)
+    for name in hf_shards.remove_temporaries(out):
+        step(f"removed {name}, left by an export that was stopped")
     tensors = hf_tensors(model, stored, dtype)
     step(f"writing {sum(t.nbytes for t in tensors) / 1e9:.2f} GB of {dtype} weights from {ckpt}")
     files = hf_shards.write_folder(out, tensors, max_bytes, {"format": "pt", "converted_by": "lwmkit"})

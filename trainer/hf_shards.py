@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from lwmkit.runtime.files import temp_path, write_atomic
+from lwmkit.runtime.files import TEMP_MARKER, is_temporary, temp_path, write_atomic
 from lwmkit.schemas import ContractError
 
 SINGLE = "model.safetensors"
@@ -157,7 +157,21 @@ def written(out: str) -> list[str]:
     """The weight files of an export already in ``out`` (single file, shards, index)."""
     if not os.path.isdir(out):
         return []
-    return sorted(n for n in os.listdir(out) if n in (SINGLE, INDEX) or SHARD.fullmatch(n))
+    return sorted(n for n in os.listdir(out) if _weights(n))
+
+
+def _weights(name: str) -> bool:
+    return name in (SINGLE, INDEX) or SHARD.fullmatch(name) is not None
+
+
+def remove_temporaries(out: str) -> list[str]:
+    """Remove the temporaries a killed export left of its weight files (ours by name); returns them."""
+    if not os.path.isdir(out):
+        return []
+    left = [n for n in os.listdir(out) if is_temporary(n) and _weights(n.split(TEMP_MARKER)[0])]
+    for n in left:
+        os.remove(os.path.join(out, n))
+    return left
 
 
 def indexed_files(folder: str) -> dict[str, list[str]] | None:

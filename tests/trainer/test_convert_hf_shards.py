@@ -170,7 +170,10 @@ def test_overwrite_swaps_single_and_sharded_forms_cleanly(ckpt, tmp_path, capsys
     assert "already holds an exported model" in _refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out)
     )
+    (out / "model-00001-of-00002.safetensors.tmp-0123abcd").write_bytes(b"torn")  # a killed export's
+    (out / "notes.txt.tmp-0123abcd").write_bytes(b"not ours")
     assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite") == 0
+    assert (out / "notes.txt.tmp-0123abcd").exists() and not list(out.glob("model-*"))
     assert not [n for n in os.listdir(out) if re.fullmatch(r"model-.*|.*index\.json", n)]  # no stale shards
     assert (
         _run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite", "--max-shard-size", "1MB")
