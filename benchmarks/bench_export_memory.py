@@ -7,7 +7,7 @@ then exports it in a fresh process and reports that process's peak RSS: after it
 older commit (extracted with ``git archive``) on the same checkpoint, e.g. the last commit
 before the streaming export, and checks that both wrote the same tensors bit for bit.
 
-    python benchmarks/bench_export_memory.py --baseline 184d725      # ~184M params, ~2 min here
+    python benchmarks/bench_export_memory.py --baseline 184d725      # 186M params, ~1 min here
     python benchmarks/bench_export_memory.py --d-model 2048 --layers 16 --max-shard-size 1GB   # bigger
 """
 
