@@ -66,7 +66,8 @@ def add_vision_params(params: Tree, model: ModelConfig, rng: jax.Array, *, shard
     return unflatten(flat)
 
 
-def _check_shapes(params: Tree, model: ModelConfig, source: str) -> Tree:
+def check_shapes(params: Tree, model: ModelConfig, source: str) -> Tree:
+    """``params`` (arrays or shape structs) if they are the model's (vision params optional)."""
     from lwmkit.trainer.model import param_shapes
 
     want = flatten(param_shapes(model))
@@ -96,7 +97,7 @@ def load_lwm(path: str, model: ModelConfig) -> Tree:
             if parts and parts[0] == "params":
                 parts = parts[1:]
             flat["/".join(parts)] = np.asarray(msgpack_restore(value), dtype=np.float32)
-    return _check_shapes(unflatten(flat), model, path)
+    return check_shapes(unflatten(flat), model, path)
 
 
 def save_lwm(params: Tree, path: str) -> None:
@@ -143,7 +144,8 @@ def rotate_half_to_interleaved(w_out_in: np.ndarray, n_heads: int) -> np.ndarray
     return w_out_in.reshape(n_heads, 2, out // n_heads // 2, inp).transpose(0, 2, 1, 3).reshape(out, inp)
 
 
-def _names(model: ModelConfig, layout: Layout) -> dict[str, str]:
+def llama_names(model: ModelConfig, layout: Layout) -> dict[str, str]:
+    """``{our param path: LLaMA tensor name}`` of a text model, in HF or Meta naming."""
     col = 0 if layout == "hf" else 1
     names = {ours: pair[col] for ours, pair in _TOP.items()}
     prefix = "model.layers" if layout == "hf" else "layers"
@@ -163,19 +165,20 @@ def _heads_of(ours: str, model: ModelConfig) -> int | None:
 
 def to_llama(params: Tree, model: ModelConfig, layout: Layout = "hf") -> dict[str, np.ndarray]:
     """Our (text) params as LLaMA tensors ``{name: [out, in] fp32}`` in HF or Meta naming."""
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    out = {}
-    for ours, theirs in _names(model, layout).items():
-        w = flat[ours]
-        if w.ndim == 2:
-            w = w.T  # [in, out] -> [out, in]; the embedding is [vocab, d] in both
-            if ours.endswith("embedding"):
-                w = w.T
-        heads = _heads_of(ours, model)
-        if heads and layout == "hf":
-            w = interleaved_to_rotate_half(w, heads)
-        out[theirs] = np.ascontiguousarray(w)
-    return out
+    flat = flatten(params)
+    names = llama_names(model, layout)
+    return {theirs: to_llama_tensor(ours, flat[ours], model, layout) for ours, theirs in names.items()}
+
+
+def to_llama_tensor(ours: str, w: Any, model: ModelConfig, layout: Layout = "hf") -> np.ndarray:
+    """One of our (text) params as its LLaMA tensor (``[out, in]`` fp32, contiguous)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 2 and not ours.endswith("embedding"):
+        w = w.T  # [in, out] -> [out, in]; the embedding is [vocab, d] in both
+    heads = _heads_of(ours, model)
+    if heads and layout == "hf":
+        w = interleaved_to_rotate_half(w, heads)
+    return np.ascontiguousarray(w)
 
 
 def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layout = "hf", *, source: str = "") -> Tree:
@@ -184,7 +187,7 @@ def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layou
 
     want = flatten(param_shapes(model))
     flat = {}
-    for ours, theirs in _names(model, layout).items():
+    for ours, theirs in llama_names(model, layout).items():
         if theirs not in tensors:
             raise ContractError("tensor is missing", field=theirs, source=source)
         w = np.asarray(tensors[theirs], np.float32)
@@ -200,27 +203,41 @@ def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layou
             w = w.T
         flat[ours] = w
     params = unflatten(flat)
-    _check_shapes(params, model, source)
+    check_shapes(params, model, source)
     return params
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Every tensor of one ``.safetensors`` file, or of all of them in a folder (HF shards)."""
+    """Every tensor of one ``.safetensors`` file, or of a folder's: the shards its
+    ``model.safetensors.index.json`` lists (each must hold exactly the tensors the index gives
+    it), else every ``*.safetensors`` in it. A tensor in two files is refused (which one holds it?)."""
     import glob
-    import os
 
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
+    from lwmkit.trainer.hf_shards import indexed_files
+
+    indexed = indexed_files(path) if os.path.isdir(path) else None
+    if indexed is not None:
+        files = sorted(indexed)
+    else:
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
     if not files:
         raise ContractError("no .safetensors files (pickled .pth/.bin files are refused)", source=path)
     tensors: dict[str, np.ndarray] = {}
     for f in files:
         try:
-            tensors.update(load_file(f))
+            got = load_file(f)
         except (SafetensorError, OSError) as err:
             raise ContractError(f"is not a readable safetensors file ({err})", source=f) from None
+        if indexed is not None and set(got) != set(indexed[f]):
+            odd = sorted(set(got) ^ set(indexed[f]))
+            raise ContractError(f"does not hold the tensors the index gives it ({', '.join(odd[:3])} ...)", source=f)
+        twice = sorted(tensors.keys() & got.keys())
+        if twice:
+            raise ContractError(f"holds {', '.join(twice[:3])}, which another .safetensors file holds too", source=f)
+        tensors.update(got)
     return tensors
 
 

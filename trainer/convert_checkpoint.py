@@ -303,11 +303,13 @@ def _abstract(model: ModelConfig) -> Any:
 
 
 def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False, overwrite: bool = False,
-                      tokenizer: str | None = None, no_tokenizer: bool = False) -> list[str]:
+                      tokenizer: str | None = None, no_tokenizer: bool = False, max_shard_size: str | None = None,
+                      dtype: str | None = None) -> list[str]:
     """Write a trainer checkpoint (as ``load_model`` accepts) as a Hugging Face folder (``hf``:
     text or vision, see :mod:`lwmkit.trainer.convert_hf`), LLaMA safetensors or an LWM
     ``streaming_params`` file. LLaMA formats hold text only: a model with vision parameters
-    is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). Returns the files."""
+    is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). ``hf`` alone takes
+    ``max_shard_size`` and ``dtype`` (None: 5GB shards, float32). Returns the files."""
     import jax
 
     from lwmkit.runtime.progress import step, warn
@@ -318,11 +320,16 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
     if fmt != "hf" and (tokenizer is not None or no_tokenizer):
         raise ContractError("--tokenizer / --no-tokenizer go with --format hf (the only format that writes tokenizer "
                             "files)", field="--tokenizer")
+    for value, flag in ((max_shard_size, "--max-shard-size"), (dtype, "--dtype")):
+        if fmt != "hf" and value is not None:
+            raise ContractError(f"{flag} goes with --format hf", field=flag)
     if fmt == "hf":
         if text_only:
             raise ContractError("--format hf keeps the vision vocabulary; --text-only goes with llama-hf / llama-meta",
                                 field="--text-only")
-        return convert_hf.export_hf(ckpt, out, tokenizer=tokenizer, no_tokenizer=no_tokenizer, overwrite=overwrite)
+        options = {k: v for k, v in (("max_shard_size", max_shard_size), ("dtype", dtype)) if v is not None}
+        return convert_hf.export_hf(ckpt, out, tokenizer=tokenizer, no_tokenizer=no_tokenizer, overwrite=overwrite,
+                                    **options)
     step(f"loading {ckpt}")
     loaded = load_model(ckpt)
     params = jax.tree_util.tree_map(np.asarray, jax.device_get(loaded.params))

@@ -17,16 +17,18 @@ to ids (``<vision>``, per frame its codes then end-of-frame -- end-of-vision aft
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from lwmkit.schemas import ContractError, ModelConfig
 from lwmkit.schemas.vocab import VocabLayout
-from lwmkit.trainer import convert
+from lwmkit.trainer import convert, hf_shards
+from lwmkit.trainer.model import param_shapes
 
 RECORD = "lwm_vocab"  # config.json key: how the single vocabulary splits into text and vision ids
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -35,16 +37,49 @@ EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 # ---------------------------------------------------------------- tensors
 
 
-def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:
-    """HF Llama tensors of a text or vision model; vision rows follow the text rows."""
+def hf_tensors(
+    model: ModelConfig, read: Callable[[str], Any], dtype: str = "float32"
+) -> list[hf_shards.Tensor]:
+    """The HF Llama tensors of a text or vision model, each made on demand from the params
+    ``read(path)`` gives one at a time (vision rows follow the text rows; neither block is
+    joined to the other in memory)."""
     text_model = ModelConfig(**{**model.__dict__, "vision_vocab_size": 0})
-    tensors = convert.to_llama(convert.without_vision(params), text_model, "hf")
-    if model.vision_vocab_size:
-        vte = np.asarray(params["transformer"]["vte"]["embedding"], np.float32)  # [Vv, d]
-        head = np.asarray(params["vision_head"]["kernel"], np.float32).T  # [d, Vv] -> [Vv, d]
-        tensors[EMBED] = np.ascontiguousarray(np.concatenate([tensors[EMBED], vte]))
-        tensors[HEAD] = np.ascontiguousarray(np.concatenate([tensors[HEAD], head]))
-    return tensors
+    vision = {EMBED: convert.VISION_KEYS[0], HEAD: convert.VISION_KEYS[1]} if model.vision_vocab_size else {}
+    want = convert.flatten(param_shapes(text_model))
+    out = []
+    for ours, theirs in convert.llama_names(text_model, "hf").items():
+        shape = tuple(want[ours].shape)
+        if len(shape) == 2 and not ours.endswith("embedding"):
+            shape = shape[::-1]  # [in, out] -> [out, in]
+        keys = [ours]
+        if theirs in vision:
+            shape = (shape[0] + model.vision_vocab_size, shape[1])
+            keys.append(vision[theirs])
+        parts = functools.partial(_rows, read, keys, text_model)
+        out.append(hf_shards.Tensor(theirs, shape, dtype, parts))
+    return out
+
+
+def _rows(read: Callable[[str], Any], keys: list[str], model: ModelConfig) -> Iterator[np.ndarray]:
+    """The HF rows of our params ``keys`` (one tensor's blocks, in order), a param at a time.
+    A param is converted whole: orbax's restore already holds it twice (its read buffer and
+    the array), so a whole transposed copy raises no peak."""
+    for key in keys:
+        if key == convert.VISION_KEYS[0]:
+            yield np.asarray(read(key), np.float32)
+        elif key == convert.VISION_KEYS[1]:
+            yield np.asarray(read(key), np.float32).T  # vision_head is [d, Vv]: its HF rows are its columns
+        else:
+            yield convert.to_llama_tensor(key, read(key), model, "hf")
+
+
+def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:
+    """HF Llama tensors of a text or vision model, all in memory (fp32)."""
+    flat = convert.flatten(params)
+    return {
+        t.name: np.ascontiguousarray(np.concatenate([np.asarray(b, np.float32) for b in t.parts()]))
+        for t in hf_tensors(model, flat.__getitem__)
+    }
 
 
 def split_vision(
@@ -196,7 +231,8 @@ def generation_config(bos_id: int, eos_id: int, pad_id: int | None) -> dict[str,
 
 
 HF_OUT = (
-    "model.safetensors",
+    hf_shards.SINGLE,
+    hf_shards.INDEX,
     "config.json",
     "generation_config.json",
     "tokenizer.model",
@@ -205,22 +241,46 @@ HF_OUT = (
 )
 
 
-def _meta(ckpt: str) -> tuple[ModelConfig, list[dict[str, Any]]]:
-    """The model and lineage a checkpoint records (read before its weights: refusals come cheap)."""
-    from lwmkit.schemas import TrainConfig
-    from lwmkit.schemas.strict import from_dict
-    from lwmkit.trainer.checkpoint import open_checkpoint, read_meta
+class StoredParams:
+    """A trainer checkpoint's params read one at a time, as host numpy arrays (orbax's partial
+    restore), so an export never holds more than a tensor or two of the model."""
 
-    try:
-        manager, step = open_checkpoint(os.path.abspath(ckpt) if "://" not in ckpt else ckpt)
-    except FileNotFoundError as err:
-        raise ContractError(str(err), source=ckpt) from None
-    try:
-        meta = read_meta(manager, step)
-    finally:
-        manager.close()
-    model = from_dict(TrainConfig, meta["config"], source=f"{ckpt} (meta.config)").model
-    return model, list(meta.get("lineage") or [])
+    def __init__(self, ckpt: str):
+        from lwmkit.schemas import TrainConfig
+        from lwmkit.schemas.strict import from_dict
+        from lwmkit.trainer.checkpoint import open_checkpoint, params_metadata, read_meta
+
+        try:
+            manager, step = open_checkpoint(os.path.abspath(ckpt) if "://" not in ckpt else ckpt)
+        except FileNotFoundError as err:
+            raise ContractError(str(err), source=ckpt) from None
+        try:
+            meta = read_meta(manager, step)
+            self.shapes = convert.flatten(params_metadata(manager, step))
+        finally:
+            manager.close()
+        self.path = manager.directory / str(step) / "params"
+        cfg = from_dict(TrainConfig, meta["config"], source=f"{ckpt} (meta.config)")
+        self.model = cfg.model
+        self.lineage: list[dict[str, Any]] = list(meta.get("lineage") or [])
+        self.stage = next((s for s in cfg.stages if s.name == meta["stage"]), None)
+        if self.stage is None:
+            raise ContractError(f"stage {meta['stage']!r} is not in the checkpoint's config", source=ckpt)
+        convert.check_shapes(convert.unflatten(dict(self.shapes)), self.model, ckpt)
+        if self.model.vision_vocab_size and convert.missing_vision(
+            convert.unflatten(dict(self.shapes)), param_shapes(self.model)
+        ):
+            raise ContractError("the model has a vision vocabulary but no vision parameters", source=ckpt)
+
+    def __call__(self, key: str) -> np.ndarray:
+        import orbax.checkpoint as ocp
+
+        item = convert.unflatten({key: self.shapes[key]})
+        args = convert.unflatten({key: ocp.RestoreArgs(restore_type=np.ndarray)})
+        got = ocp.PyTreeCheckpointer().restore(
+            self.path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        )
+        return convert.flatten(got)[key]
 
 
 def _tokenizer(
@@ -294,31 +354,45 @@ def _layout(tok, model: ModelConfig) -> VocabLayout | None:
 
 
 def export_hf(
-    ckpt: str, out: str, *, tokenizer: str | None = None, no_tokenizer: bool = False, overwrite: bool = False
+    ckpt: str,
+    out: str,
+    *,
+    tokenizer: str | None = None,
+    no_tokenizer: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str = hf_shards.DEFAULT_MAX_SHARD,
+    dtype: str = "float32",
 ) -> list[str]:
-    """Write a trainer checkpoint (text or vision) as a Hugging Face Llama folder: safetensors,
-    ``config.json`` (the stage's RoPE theta and context), ``generation_config.json`` and the
-    tokenizer files. Returns the files written."""
-    import jax
-    from safetensors.numpy import save_file
-
+    """Write a trainer checkpoint (text or vision) as a Hugging Face Llama folder: safetensors
+    (``model.safetensors``, or shards of at most ``max_shard_size`` plus their index), in
+    ``dtype`` (float32, bfloat16 or float16), ``config.json`` (the stage's RoPE theta and
+    context), ``generation_config.json`` and the tokenizer files. Params are read, converted
+    and written one at a time: host memory holds a tensor or two, never the model. Returns
+    the files written."""
     from lwmkit.runtime.progress import step
-    from lwmkit.trainer.generate import load_model
     from lwmkit.trainer.hf_tokenizer import write_tokenizer_files
 
-    model, lineage = _meta(ckpt)
-    tok = _tokenizer(ckpt, model, lineage, tokenizer, no_tokenizer)
-    for name in HF_OUT:
+    max_bytes = hf_shards.parse_size(max_shard_size)
+    if dtype not in hf_shards.DTYPES:
+        raise ContractError(
+            f"unknown dtype {dtype!r}; use one of {', '.join(hf_shards.DTYPES)}", field="--dtype"
+        )
+    stored = StoredParams(ckpt)
+    model, stage = stored.model, stored.stage
+    tok = _tokenizer(ckpt, model, stored.lineage, tokenizer, no_tokenizer)
+    for name in dict.fromkeys([*HF_OUT, *hf_shards.written(out)]):  # shards of an earlier export too
         convert.clear_path(os.path.join(out, name), overwrite, "an exported model")
-    step(f"loading {ckpt}")
-    loaded = load_model(ckpt)
     os.makedirs(out, exist_ok=True)
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(loaded.params))
-    files = [os.path.join(out, "model.safetensors")]
-    save_file(to_hf(params, model), files[0], metadata={"format": "pt", "converted_by": "lwmkit"})
+    for name in hf_shards.remove_temporaries(out):
+        step(f"removed {name}, left by an export that was stopped")
+    tensors = hf_tensors(model, stored, dtype)
+    step(f"writing {sum(t.nbytes for t in tensors) / 1e9:.2f} GB of {dtype} weights from {ckpt}")
+    files = hf_shards.write_folder(out, tensors, max_bytes, {"format": "pt", "converted_by": "lwmkit"})
     bos, eos = (tok.bos_id, tok.eos_id) if tok else (1, 2)
+    record = config_json(model, stage.seq_len, stage.rope_theta, _layout(tok, model), bos, eos)
+    record["torch_dtype"] = dtype
     records = {
-        "config.json": config_json(model, loaded.seq_len, loaded.rope_theta, _layout(tok, model), bos, eos),
+        "config.json": record,
         "generation_config.json": generation_config(bos, eos, tok.pad_id if tok else None),
     }
     for name, record in records.items():
@@ -331,15 +405,16 @@ def export_hf(
         with fsspec.open(tok.path, "rb") as f:
             blob = f.read()
         files += write_tokenizer_files(
-            blob, out, bos_id=bos, eos_id=eos, max_length=loaded.seq_len, source=tok.path
+            blob, out, bos_id=bos, eos_id=eos, max_length=stage.seq_len, source=tok.path
         )
     vocab = (
         f"{model.text_vocab_size} text + {model.vision_vocab_size} vision ids"
         if model.vision_vocab_size
         else f"{model.text_vocab_size} text ids"
     )
+    n_shards = sum(1 for f in files if f.endswith(".safetensors"))
     step(
-        f"wrote {out}: LlamaForCausalLM, {vocab} (stage '{loaded.stage}', context {loaded.seq_len}, "
-        f"theta {loaded.rope_theta:g})"
+        f"wrote {out}: LlamaForCausalLM, {vocab}, {n_shards} safetensors file(s) (stage '{stage.name}', "
+        f"context {stage.seq_len}, theta {stage.rope_theta:g})"
     )
     return files

@@ -46,13 +46,15 @@ def export(
     text_only: bool = typer.Option(False, "--text-only", help="LLaMA formats: drop the vision embedding/head (refused without it)."),
     tokenizer: str = typer.Option(None, "--tokenizer", help="hf: the model's SentencePiece tokenizer.model, copied into the folder with tokenizer.json (default: the one the checkpoint names; its id must match)."),
     no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="hf: write no tokenizer files."),
+    max_shard_size: str = typer.Option(None, "--max-shard-size", help="hf: largest safetensors file, e.g. 5GB (the default, as transformers), 500MB or 2GiB; a bigger model is written as model-0000i-of-0000N.safetensors + model.safetensors.index.json."),
+    dtype: str = typer.Option(None, "--dtype", help="hf: float32 (default, exact), bfloat16 or float16 (half the size; rounded to nearest)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already at --out."),
 ) -> None:
     """Export a trainer checkpoint as a Hugging Face Llama folder (hf: text or vision), LLaMA safetensors (+ config.json / params.json) or LWM streaming_params."""
     from lwmkit.trainer.convert_checkpoint import export_checkpoint
 
     for path in export_checkpoint(ckpt, fmt, out, text_only=text_only, overwrite=overwrite, tokenizer=tokenizer,
-                                  no_tokenizer=no_tokenizer):
+                                  no_tokenizer=no_tokenizer, max_shard_size=max_shard_size, dtype=dtype):
         typer.echo(path)
 
 
