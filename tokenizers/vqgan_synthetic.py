@@ -37,7 +37,8 @@ def _font_path(name: str) -> Path:
 
 
 @cache
-def _font(name: str, size: int):
+def load_font(name: str, size: int):
+    """A TrueType font matplotlib ships (e.g. ``DejaVuSans.ttf``) at ``size`` px, cached."""
     from PIL import ImageFont
 
     return ImageFont.truetype(str(_font_path(name)), size)
@@ -117,7 +118,7 @@ def _text(rng: np.random.Generator, size: int) -> np.ndarray:
     y = int(rng.integers(-8, 16))
     while y < size:
         px = int(rng.choice([10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64]))
-        font = _font(str(rng.choice(FONT_FILES)), px)
+        font = load_font(str(rng.choice(FONT_FILES)), px)
         n_words = int(rng.integers(1, 6))
         words = " ".join("".join(rng.choice(list(_GLYPHS), int(rng.integers(1, 9)))) for _ in range(n_words))
         draw.text((int(rng.integers(-8, 24)), y), words, fill=_contrasting(rng, background), font=font)
@@ -185,7 +186,7 @@ def pattern_frames(size: int = 256) -> tuple[list[str], np.ndarray]:
 TEXT_PROBES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int]], ...] = (
     ("TAXI  Hotel  42", (0, 0, 0), (255, 255, 255)),
     ("The quick brown fox", (255, 255, 255), (0, 0, 128)),
-    ("jumps over 7 lazy dogs", (255, 255, 0), (40, 40, 40)),
+    ("jumps 7 lazy dogs", (255, 255, 0), (40, 40, 40)),
     ("EXIT  Gate B12", (255, 255, 255), (200, 0, 0)),
 )  # (text, ink, paper): words no training frame uses (training text is random letters)
 
@@ -205,7 +206,7 @@ def text_frame(lines: list[tuple[str, tuple[int, int, int], tuple[int, int, int]
     img = Image.new("RGB", (size, size), (128, 128, 128))
     draw = ImageDraw.Draw(img)
     mask = np.zeros((size, size), bool)
-    font = _font("DejaVuSans.ttf", px)
+    font = load_font("DejaVuSans.ttf", px)
     for i, (words, ink, paper) in enumerate(lines):
         y0 = i * band
         draw.rectangle([0, y0, size, y0 + band - 1], fill=paper)
