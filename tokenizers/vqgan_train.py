@@ -54,6 +54,7 @@ class VQGANTrainConfig:
     large_crop_every: int = 0  # every k-th step: batch // 4 full-resolution crops (0 = never)
     init_from: str = ""  # start from this checkpoint's params (same shapes) instead of a fresh init
     checkpoint_every: int = 0  # also write ``out`` every k steps (a cut-off run keeps its gains)
+    stop_after: int = 0  # stop after this many steps; the LR schedule still spans ``steps`` (0 = all)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "crop", "log_every"):
@@ -70,9 +71,9 @@ class VQGANTrainConfig:
         ):
             raise ValueError("VQGANTrainConfig: need learning_rate > 0 and warmup_steps, restart_every, "
                              "time_budget_s, cpu_budget_s >= 0")  # fmt: skip
-        if self.synthetic_frames < 0 or self.large_crop_every < 0 or self.checkpoint_every < 0:
-            raise ValueError("VQGANTrainConfig: synthetic_frames, large_crop_every, checkpoint_every must be "
-                             ">= 0")  # fmt: skip
+        if min(self.synthetic_frames, self.large_crop_every, self.checkpoint_every, self.stop_after) < 0:
+            raise ValueError("VQGANTrainConfig: synthetic_frames, large_crop_every, checkpoint_every, stop_after "
+                             "must be >= 0")  # fmt: skip
         if not 0.0 <= self.synthetic_share < 1.0 or (self.synthetic_share > 0) != (self.synthetic_frames > 0):
             raise ValueError(f"VQGANTrainConfig.synthetic_share must be in [0, 1) and > 0 exactly when "
                              f"synthetic_frames > 0, got {self.synthetic_share} with {self.synthetic_frames}")  # fmt: skip
@@ -185,7 +186,7 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
         batch = crops(max(cfg.batch_size // 4, 1), cfg.model.resolution) if large else crops(cfg.batch_size, cfg.crop)  # fmt: skip
         params, opt_state, m = update(params, opt_state, batch)
         window += np.bincount(np.asarray(m["codes"]).ravel(), minlength=cfg.model.num_embeddings)
-        last = (i == cfg.steps or 0 < cfg.time_budget_s <= time.monotonic() - t0
+        last = (i == cfg.steps or i == cfg.stop_after or 0 < cfg.time_budget_s <= time.monotonic() - t0
                 or 0 < cfg.cpu_budget_s <= time.process_time() - cpu0)  # fmt: skip
         if i % cfg.log_every == 0 or last:
             usage = codebook_usage(window, cfg.model.num_embeddings, counts=True)

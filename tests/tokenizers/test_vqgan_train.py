@@ -76,6 +76,8 @@ def test_train_config_is_validated():
         VQGANTrainConfig(synthetic_frames=10, synthetic_share=1.0)
     with pytest.raises(ValueError, match="must be >= 0"):
         VQGANTrainConfig(large_crop_every=-1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        VQGANTrainConfig(stop_after=-1)
 
 
 def test_random_crops_draw_the_extra_pool_by_share():
@@ -102,6 +104,8 @@ def test_fine_tuning_starts_from_a_checkpoint_with_rendered_frames_and_snapshots
     for key, value in _flat(first.params).items():  # a ~zero learning rate leaves exactly where it started
         np.testing.assert_allclose(_flat(still.params)[key], value, atol=1e-6, err_msg=key)
     assert vqgan.load(tmp_path / "b.msgpack").id == second.id
+    cut = train(pool, dataclasses.replace(cfg, stop_after=2, checkpoint_every=0), tmp_path / "e.msgpack")
+    assert cut.meta["steps_done"] == 2  # the schedule still spans 4 steps
     with pytest.raises(ContractError, match="shape"):
         train(
             pool,
