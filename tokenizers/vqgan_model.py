@@ -82,7 +82,7 @@ def small_config() -> VQGANConfig:
     frames a second; a 1024-entry codebook of 32-d vectors, sized for small training data.
     """
     return VQGANConfig(hidden_channels=16, channel_mult=(1, 2, 4, 6, 6), num_res_blocks=1, z_channels=32,
-                       num_embeddings=1024, embed_dim=32, norm_groups=8)  # fmt: skip
+                       num_embeddings=1024, embed_dim=32, norm_groups=4)  # fmt: skip
 
 
 # ---------------------------------------------------------------- the network (math only)

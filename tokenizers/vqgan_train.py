@@ -28,8 +28,9 @@ import optax
 
 from lwmkit.runtime.progress import step as log_step
 from lwmkit.tokenizers.vqgan import VQGANConfig, VQGANModel, init_params, small_config, to_pixels
-from lwmkit.tokenizers.vqgan_checkpoint import Checkpoint, write_checkpoint
+from lwmkit.tokenizers.vqgan_checkpoint import Checkpoint, check_params, read_checkpoint, write_checkpoint
 from lwmkit.tokenizers.vqgan_quality import codebook_usage
+from lwmkit.tokenizers.vqgan_synthetic import synthetic_frames
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class VQGANTrainConfig:
     time_budget_s: float = 0.0  # stop early after this much wall-clock time (0 = no limit)
     cpu_budget_s: float = 0.0  # ...or after this much CPU time of this process (fair on a shared machine)
     store_dtype: str = "float16"  # checkpoint storage: float16 halves the shipped file
+    synthetic_frames: int = 0  # rendered frames (tokenizers/vqgan_synthetic.py) added to the pool, 0 = none
+    synthetic_share: float = 0.0  # share of each batch's crops drawn from the rendered frames
+    large_crop_every: int = 0  # every k-th step: batch // 4 full-resolution crops (0 = never)
+    init_from: str = ""  # start from this checkpoint's params (same shapes) instead of a fresh init
+    checkpoint_every: int = 0  # also write ``out`` every k steps (a cut-off run keeps its gains)
+    stop_after: int = 0  # stop after this many steps; the LR schedule still spans ``steps`` (0 = all)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "crop", "log_every"):
@@ -64,6 +71,12 @@ class VQGANTrainConfig:
         ):
             raise ValueError("VQGANTrainConfig: need learning_rate > 0 and warmup_steps, restart_every, "
                              "time_budget_s, cpu_budget_s >= 0")  # fmt: skip
+        if min(self.synthetic_frames, self.large_crop_every, self.checkpoint_every, self.stop_after) < 0:
+            raise ValueError("VQGANTrainConfig: synthetic_frames, large_crop_every, checkpoint_every, stop_after "
+                             "must be >= 0")  # fmt: skip
+        if not 0.0 <= self.synthetic_share < 1.0 or (self.synthetic_share > 0) != (self.synthetic_frames > 0):
+            raise ValueError(f"VQGANTrainConfig.synthetic_share must be in [0, 1) and > 0 exactly when "
+                             f"synthetic_frames > 0, got {self.synthetic_share} with {self.synthetic_frames}")  # fmt: skip
         if self.store_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"VQGANTrainConfig.store_dtype must be float32 or float16, got {self.store_dtype!r}"
@@ -116,11 +129,16 @@ def restart_dead_codes(params: dict, usage: np.ndarray, latents: np.ndarray, rng
     return params, int(dead.size)
 
 
-def random_crops(pool: Sequence[np.ndarray], n: int, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random ``crop``-square patches (random frame, position, horizontal flip) -> uint8 [n, crop, crop, 3]."""
+def random_crops(pool: Sequence[np.ndarray], n: int, crop: int, rng: np.random.Generator,
+                 extra: Sequence[np.ndarray] = (), extra_share: float = 0.0) -> np.ndarray:  # fmt: skip
+    """``n`` random ``crop``-square patches (random frame, position, horizontal flip) -> uint8 [n, crop, crop, 3].
+
+    Each patch comes from ``extra`` (e.g. rendered frames) with probability ``extra_share``, else from ``pool``.
+    """
     out = np.empty((n, crop, crop, 3), np.uint8)
     for i in range(n):
-        frame = pool[rng.integers(len(pool))]
+        source = extra if len(extra) and rng.random() < extra_share else pool
+        frame = source[rng.integers(len(source))]
         y = rng.integers(frame.shape[0] - crop + 1)
         x = rng.integers(frame.shape[1] - crop + 1)
         patch = frame[y : y + crop, x : x + crop]
@@ -134,14 +152,20 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
 
     Returns the checkpoint (params as stored). Logs one line every ``log_every`` steps.
     """
-    too_small = [f.shape for f in pool if min(f.shape[:2]) < cfg.crop]
+    side = cfg.model.resolution if cfg.large_crop_every else cfg.crop
+    too_small = [f.shape for f in pool if min(f.shape[:2]) < side]
     if not pool or too_small:
         raise ValueError(
-            f"training needs frames at least {cfg.crop} px on each side (got {too_small[:3]} of {len(pool)})"
+            f"training needs frames at least {side} px on each side (got {too_small[:3]} of {len(pool)})"
         )
     rng = np.random.default_rng(cfg.seed)
     model = VQGANModel(cfg.model)
-    params = init_params(cfg.model, cfg.seed)
+    params = _initial_params(cfg)
+    rendered = synthetic_frames(cfg.synthetic_frames, cfg.seed, cfg.model.resolution)
+
+    def crops(n: int, side: int) -> np.ndarray:
+        return random_crops(pool, n, side, rng, rendered, cfg.synthetic_share)
+
     warmup = min(max(cfg.warmup_steps, 1), cfg.steps - 1) if cfg.steps > 1 else 0
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
                                                   end_value=0.1 * cfg.learning_rate)  # fmt: skip
@@ -151,17 +175,18 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
     encode_latents = jax.jit(
         lambda p, b: model.apply({"params": p}, to_pixels(b), method=VQGANModel.encode_latents)
     )
-    # Seed the codebook on real latents so no code starts out dead.
-    params, _ = restart_dead_codes(params, np.zeros(cfg.model.num_embeddings),
-                                   np.asarray(encode_latents(params, random_crops(pool, cfg.batch_size * 4, cfg.crop, rng))), rng)  # fmt: skip
+    if not cfg.init_from:  # seed a fresh codebook on real latents so no code starts out dead
+        params, _ = restart_dead_codes(params, np.zeros(cfg.model.num_embeddings),
+                                       np.asarray(encode_latents(params, crops(cfg.batch_size * 4, cfg.crop))), rng)  # fmt: skip
     window = np.zeros(cfg.model.num_embeddings, np.int64)
     history: list[dict] = []
     t0, cpu0, restarted = time.monotonic(), time.process_time(), 0
     for i in range(1, cfg.steps + 1):
-        batch = random_crops(pool, cfg.batch_size, cfg.crop, rng)
+        large = cfg.large_crop_every and i % cfg.large_crop_every == 0
+        batch = crops(max(cfg.batch_size // 4, 1), cfg.model.resolution) if large else crops(cfg.batch_size, cfg.crop)  # fmt: skip
         params, opt_state, m = update(params, opt_state, batch)
         window += np.bincount(np.asarray(m["codes"]).ravel(), minlength=cfg.model.num_embeddings)
-        last = (i == cfg.steps or 0 < cfg.time_budget_s <= time.monotonic() - t0
+        last = (i == cfg.steps or i == cfg.stop_after or 0 < cfg.time_budget_s <= time.monotonic() - t0
                 or 0 < cfg.cpu_budget_s <= time.process_time() - cpu0)  # fmt: skip
         if i % cfg.log_every == 0 or last:
             usage = codebook_usage(window, cfg.model.num_embeddings, counts=True)
@@ -179,10 +204,27 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
             params, moved = restart_dead_codes(params, window, np.asarray(m["z"]), rng)
             restarted += moved
             window[:] = 0
+        if out is not None and cfg.checkpoint_every and i % cfg.checkpoint_every == 0:
+            _save(params, cfg, out, meta, i, history, t0, cpu0)
+    return _save(params, cfg, out, meta, i, history, t0, cpu0)
+
+
+def _initial_params(cfg: VQGANTrainConfig) -> dict:
+    if not cfg.init_from:
+        return init_params(cfg.model, cfg.seed)
+    start = read_checkpoint(cfg.init_from)
+    check_params(cfg.model, start.params, source=cfg.init_from)  # same shapes; norm_groups etc. may differ
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), start.params)
+
+
+def _save(params: dict, cfg: VQGANTrainConfig, out: str | Path | None, meta: dict | None, steps: int,
+          history: list[dict], t0: float, cpu0: float) -> Checkpoint:  # fmt: skip
     host = jax.tree_util.tree_map(np.asarray, params)
     meta = {**(meta or {}), "trained_by": "lwmkit vqgan train", "train_config": _plain(cfg),
-            "steps_done": i, "history": history[-20:], "seconds": round(time.monotonic() - t0, 1),
+            "steps_done": steps, "history": history[-20:], "seconds": round(time.monotonic() - t0, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1)}  # fmt: skip
+    if cfg.init_from:
+        meta["init_from_id"] = read_checkpoint(cfg.init_from).id
     if out is None:
         from lwmkit.tokenizers.vqgan_checkpoint import content_hash
 

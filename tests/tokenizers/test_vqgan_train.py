@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from lwmkit.schemas.errors import ContractError
 from lwmkit.tokenizers import vqgan
 from lwmkit.tokenizers.vqgan_frames import (
     center_crop,
@@ -14,6 +17,7 @@ from lwmkit.tokenizers.vqgan_frames import (
     read_video_frames,
 )
 from lwmkit.tokenizers.vqgan_quality import psnr
+from lwmkit.tokenizers.vqgan_synthetic import synthetic_frames
 from lwmkit.tokenizers.vqgan_train import VQGANTrainConfig, random_crops, restart_dead_codes, train
 
 # A tiny model with LWM's layout (5 levels) so training compiles and runs in seconds.
@@ -66,6 +70,55 @@ def test_train_config_is_validated():
         VQGANTrainConfig(crop=100)
     with pytest.raises(ValueError, match="steps must be positive"):
         VQGANTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="synthetic_share must be in"):
+        VQGANTrainConfig(synthetic_frames=10)  # frames but no share of the batch: a silent no-op
+    with pytest.raises(ValueError, match="synthetic_share must be in"):
+        VQGANTrainConfig(synthetic_frames=10, synthetic_share=1.0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        VQGANTrainConfig(large_crop_every=-1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        VQGANTrainConfig(stop_after=-1)
+
+
+def test_random_crops_draw_the_extra_pool_by_share():
+    pool, extra = [np.zeros((20, 20, 3), np.uint8)], [np.full((20, 20, 3), 9, np.uint8)]
+    crops = random_crops(pool, 400, 8, np.random.default_rng(0), extra, 0.25)
+    share = (crops[:, 0, 0, 0] == 9).mean()
+    assert 0.18 < share < 0.32
+    assert (random_crops(pool, 50, 8, np.random.default_rng(0), extra, 0.0) == 0).all()
+
+
+def test_fine_tuning_starts_from_a_checkpoint_with_rendered_frames_and_snapshots(tmp_path):
+    """init_from + synthetic frames + full-resolution steps + checkpoint_every, on a tiny model in seconds."""
+    pool = synthetic_frames(8, seed=9, size=64)
+    base = VQGANTrainConfig(model=TINY, steps=2, batch_size=4, crop=32, warmup_steps=1, restart_every=0,
+                            log_every=1, store_dtype="float32")  # fmt: skip
+    first = train(pool, base, tmp_path / "a.msgpack")
+    cfg = dataclasses.replace(base, init_from=str(tmp_path / "a.msgpack"), steps=4, synthetic_frames=6,
+                              synthetic_share=0.5, large_crop_every=2, checkpoint_every=3)  # fmt: skip
+    second = train(pool, cfg, tmp_path / "b.msgpack")
+    assert second.meta["init_from_id"] == first.id and second.meta["steps_done"] == 4
+    still = train(
+        pool, dataclasses.replace(cfg, learning_rate=1e-12, checkpoint_every=0), tmp_path / "d.msgpack"
+    )
+    for key, value in _flat(first.params).items():  # a ~zero learning rate leaves exactly where it started
+        np.testing.assert_allclose(_flat(still.params)[key], value, atol=1e-6, err_msg=key)
+    assert vqgan.load(tmp_path / "b.msgpack").id == second.id
+    cut = train(pool, dataclasses.replace(cfg, stop_after=2, checkpoint_every=0), tmp_path / "e.msgpack")
+    assert cut.meta["steps_done"] == 2  # the schedule still spans 4 steps
+    with pytest.raises(ContractError, match="shape"):
+        train(
+            pool,
+            dataclasses.replace(cfg, model=dataclasses.replace(TINY, embed_dim=4)),
+            tmp_path / "c.msgpack",
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: np.asarray(v)})
+    return out
 
 
 @pytest.mark.slow
