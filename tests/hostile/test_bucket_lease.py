@@ -34,7 +34,7 @@ def test_a_second_run_is_refused_naming_the_first_and_the_lease_goes_with_the_ho
 def test_a_stale_lease_is_taken_over_and_its_old_holder_cannot_remove_the_new_one(bucket):
     dead = BucketLease(bucket.folder, "killed run", heartbeat_s=3600)
     dead.acquire()  # holds, then never beats again (as a killed run)
-    time.sleep(1.2)
+    time.sleep(2.2)  # S3 times have one-second resolution: the age read is >= 1.2 s
     with BucketLease(bucket.folder, "next run", stale_after_s=1.0) as nxt:
         assert nxt.took_over and nxt.took_over.startswith("killed run on host")
         dead._stop.set()
@@ -45,12 +45,12 @@ def test_a_stale_lease_is_taken_over_and_its_old_holder_cannot_remove_the_new_on
 
 
 def test_a_holder_whose_lease_was_taken_says_so_when_it_ends(bucket):
-    slow = BucketLease(bucket.folder, "slow run", heartbeat_s=1.5)
+    slow = BucketLease(bucket.folder, "slow run", heartbeat_s=4.0)
     slow.acquire()
-    time.sleep(0.6)
-    taker = BucketLease(bucket.folder, "taker", stale_after_s=0.5)
+    time.sleep(2.2)  # S3 times have one-second resolution: the age read is >= 1.2 s
+    taker = BucketLease(bucket.folder, "taker", stale_after_s=1.0)
     taker.acquire()
-    time.sleep(1.5)  # slow's next heartbeat finds the lease changed hands
+    time.sleep(2.5)  # slow's next heartbeat (at 4 s) finds the lease changed hands
     with pytest.raises(LeaseHeld, match="taken over by taker on host"):
         slow.release()
     taker.release()
