@@ -186,7 +186,7 @@ class OutputLease:
 #   own ETag, so a holder whose lease was taken over learns it (and says so when it ends);
 # * **stale**: a lease whose object was last written more than ``stale_after_s`` ago, by the
 #   server's clock (``Last-Modified`` against the reply's ``Date``: no clock skew between hosts;
-# both have one-second resolution),
+#   both have one-second resolution),
 #   belongs to a run that died; it is taken over with ``If-Match`` on the stale ETag, so of two
 #   runs taking over the same stale lease only one wins;
 # * **release**: DELETE with ``If-Match``, never removing a lease another run took.
