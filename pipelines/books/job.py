@@ -49,10 +49,11 @@ from lwmkit.pipelines.books.qa_client import QAClientConfig
 from lwmkit.pipelines.books.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.books.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.books.qa_prompt import load_prompt
+from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.dead_letters import WriteDeadLetters
 from lwmkit.runtime.lease import lease_output
-from lwmkit.runtime.progress import error, step, warn
+from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.flags import help_text as flag_help
 from lwmkit.schemas.flags import parse_job
@@ -270,18 +271,7 @@ def _start_embedded(stack: ExitStack, o: BooksJob) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lwmkit.pipelines.books``: exit 2 on a contract error, 1 when the job fails."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or "-h" in argv or "--help" in argv:
-        print(help_text("python -m lwmkit.pipelines.books"))
-        return
-    try:
-        run(argv)
-    except ContractError as err:
-        error(str(err))
-        sys.exit(2)
-    except (BooksJobFailed, ServerError) as err:
-        error(str(err))
-        sys.exit(1)
+    job_main(argv, run, help_text, "books", (BooksJobFailed, ServerError))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.pack.formatting import Example
 from lwmkit.pipelines.pack.mixture import MixturePlan, example_key
 from lwmkit.pipelines.pack.rejects import plan_or_explain
@@ -36,7 +37,7 @@ from lwmkit.pipelines.pack.write import PackPartition, PackSettings, finalize, p
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.config import load_config
 from lwmkit.runtime.lease import lease_output
-from lwmkit.runtime.progress import error, step, warn
+from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.flags import help_text as flag_help
 from lwmkit.schemas.flags import parse_job
@@ -293,15 +294,7 @@ def help_text(prog: str = "lwmkit pack") -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lwmkit.pipelines.pack``: exit 2 on a contract error."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or "-h" in argv or "--help" in argv:
-        print(help_text("python -m lwmkit.pipelines.pack"))
-        return
-    try:
-        run(argv)
-    except ContractError as err:
-        error(str(err))
-        sys.exit(2)
+    job_main(argv, run, help_text, "pack")
 
 
 if __name__ == "__main__":

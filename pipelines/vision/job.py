@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.pipelines.vision.driver import VisionJobFailed, VisionSummary, execute
-from lwmkit.runtime.progress import error
-from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.flags import help_text as flag_help
 from lwmkit.schemas.flags import parse_job
 from lwmkit.schemas.jobs import BEAM_PASS_THROUGH, VisionJob
@@ -45,18 +44,7 @@ def help_text(prog: str = "lwmkit vision") -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lwmkit.pipelines.vision``: exit 2 on a contract error, 1 when the job fails."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(help_text("python -m lwmkit.pipelines.vision"))
-        return
-    try:
-        run(argv)
-    except ContractError as err:
-        error(str(err))
-        sys.exit(2)
-    except VisionJobFailed as err:
-        error(str(err))
-        sys.exit(1)
+    job_main(argv, run, help_text, "vision", (VisionJobFailed,))
 
 
 if __name__ == "__main__":
