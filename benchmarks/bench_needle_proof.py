@@ -98,9 +98,9 @@ def main() -> None:
     report(grids, stages, out, train_cpu, time.perf_counter() - t0, _cpu_seconds() - cpu0, args.goal)
 
 
-# needle-data options in the order the bench passes them (far-fill/far-depth only where set)
+# needle-data options in the order the bench passes them (the _IF_SET ones only where set)
 _ALWAYS = {"examples": None, "needles-max": 4, "min-fill": 0.3, "repeat-share": 0.0, "far-share": 0.0}
-_IF_SET = ("far-fill", "far-depth")
+_IF_SET = {"far-fill": float, "far-depth": float, "needles-min": int}
 
 
 def needle_data_args(path: str, stage: str) -> list[str]:
@@ -122,7 +122,7 @@ def needle_data_args(path: str, stage: str) -> list[str]:
     for name, default in _ALWAYS.items():
         value = opts.get(name, default)
         out += [f"--{name}", str(float(value) if isinstance(default, float) else int(value))]
-    out += [x for name in _IF_SET if name in opts for x in (f"--{name}", str(float(opts[name])))]
+    out += [x for name, kind in _IF_SET.items() if name in opts for x in (f"--{name}", str(kind(opts[name])))]
     return [*out, "--seed", str(int(opts.get("seed", 0)))]
 
 

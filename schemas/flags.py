@@ -151,13 +151,14 @@ def parse_job(job_type: type[T], argv: Sequence[str], prog: str) -> tuple[T, lis
     near-miss of one of the job's flags."""
     parser = job_parser(job_type, prog)
     namespace, rest = parser.parse_known_args(list(argv))
-    ours = [s for action in parser._actions for s in action.option_strings]
+    # every spelling of a flag (hidden aliases too) -> the one --help shows
+    ours = {s: flag_name(action.dest) for action in parser._actions for s in action.option_strings}
     for arg in rest:
         name = arg.split("=", 1)[0]
         if name.startswith("--"):
             near = difflib.get_close_matches(name, ours, n=1, cutoff=0.85)
             if near:
-                raise ContractError(f"unknown flag {name}: did you mean {near[0]}?", source=prog)
+                raise ContractError(f"unknown flag {name}: did you mean {ours[near[0]]}?", source=prog)
     hints, values = typing.get_type_hints(job_type), {}
     for f in fields(job_type):
         if _spec(f) is None:

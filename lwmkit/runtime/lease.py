@@ -191,8 +191,9 @@ class OutputLease:
 #   runs taking over the same stale lease only one wins;
 # * **release**: DELETE with ``If-Match``, never removing a lease another run took.
 #
-# The endpoint and credentials are the ones fsspec uses for ``s3://`` (``fsspec.config``,
-# ``FSSPEC_S3_ENDPOINT_URL``, then botocore's own chain: ``AWS_ENDPOINT_URL_S3``, profiles ...).
+# The endpoint and credentials are the ones fsspec uses for ``s3://`` (``fsspec.config``, which a
+# Beam job fills from its ``--s3_*`` flags: pipelines/bucket_options.py; ``FSSPEC_S3_ENDPOINT_URL``;
+# then botocore's own chain: ``AWS_ENDPOINT_URL_S3``, profiles ...).
 
 
 def bucket_lease_supported(folder: str) -> bool:
@@ -203,8 +204,14 @@ def _client() -> Any:
     import botocore.session
     import fsspec
 
-    endpoint = (fsspec.config.conf.get("s3") or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
-    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint or None)
+    conf = fsspec.config.conf.get("s3") or {}
+    client = conf.get("client_kwargs") or {}
+    endpoint = conf.get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint or None, aws_access_key_id=conf.get("key"),
+        aws_secret_access_key=conf.get("secret"), aws_session_token=conf.get("token"),
+        region_name=client.get("region_name"), verify=client.get("verify"), use_ssl=conf.get("use_ssl", True),
+    )  # fmt: skip
 
 
 def _code(err: Exception) -> str:

@@ -52,6 +52,7 @@ from lwmkit.pipelines.books.qa_prompt import load_prompt
 from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.dead_letters import WriteDeadLetters
+from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
@@ -194,7 +195,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else (job.qa_cache or FileSystems.join(job.output, "qa_cache"))
     )
     # One writer per output: two runs would interleave shards, dead letters and the summary.
-    with lease_output(job.output, "lwmkit books", note=warn):
+    with beam_s3_for_fsspec(options), lease_output(job.output, "lwmkit books", note=warn):
         return _run(options, job, cache)
 
 

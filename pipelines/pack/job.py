@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.pack.formatting import Example
 from lwmkit.pipelines.pack.mixture import MixturePlan, example_key
@@ -254,21 +255,22 @@ def run_pack(
         mixture = load_config(MixtureConfig, mixture, overrides)
     elif overrides:
         raise ContractError("overrides apply to a mixture file, not a config object", source="--set")
-    job = PackPlan.create(mixture, seq_len, stage, out, tokenizer, target)
-    step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
-    # One writer per set: two runs in one folder would delete each other's shards.
-    with lease_output(job.out, "lwmkit pack", note=warn):
-        prepare_output(job.out)
-        options = adapt(PipelineOptions(list(pipeline_args)))
-        try:
-            with beam.Pipeline(options=options) as p:
-                build(p, job)
-        except Exception as err:
-            found = _unwrap(err)
-            if found is not None:
-                raise found from None
-            raise
-    manifest = load_manifest(f"{job.out}/manifest.json")
+    options = adapt(PipelineOptions(list(pipeline_args)))
+    with beam_s3_for_fsspec(options):  # pack lists its inputs, leases and writes through fsspec too
+        job = PackPlan.create(mixture, seq_len, stage, out, tokenizer, target)
+        step(f"pack: stage {stage}, seq_len {seq_len}, {len(mixture.sources)} sources -> {job.out}")
+        # One writer per set: two runs in one folder would delete each other's shards.
+        with lease_output(job.out, "lwmkit pack", note=warn):
+            prepare_output(job.out)
+            try:
+                with beam.Pipeline(options=options) as p:
+                    build(p, job)
+            except Exception as err:
+                found = _unwrap(err)
+                if found is not None:
+                    raise found from None
+                raise
+        manifest = load_manifest(f"{job.out}/manifest.json")
     step(
         f"pack: {manifest.n_sequences} sequences in {len(manifest.shards)} shards, "
         f"efficiency {manifest.packing_efficiency:.4f}, padding {manifest.padding_tokens} tokens"

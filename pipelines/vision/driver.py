@@ -12,6 +12,7 @@ from lwmkit.pipelines.vision.graph import build, decode_config
 from lwmkit.pipelines.vision.inputs import MediaInput, read_inputs
 from lwmkit.pipelines.vision.output import JOB, JobSettings, check_settings, read_state, record_files
 from lwmkit.runtime.dead_letters import dead_letter_path, read_existing
+from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
@@ -123,7 +124,7 @@ def execute(job: VisionJob, options: PipelineOptions) -> VisionSummary:
     """Plan, run the job's Beam graph (:func:`~lwmkit.pipelines.vision.graph.build`) on the inputs
     left, then check the failure ratio. One run per output folder at a time (its lease; a second
     run is refused, naming the first)."""
-    with lease_output(job.output, "lwmkit vision", note=warn):
+    with beam_s3_for_fsspec(options), lease_output(job.output, "lwmkit vision", note=warn):
         return _execute(job, options)
 
 

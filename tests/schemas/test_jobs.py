@@ -65,6 +65,8 @@ def test_help_lists_dashed_flags_with_defaults_and_required_and_hides_aliases():
         ),
         (BooksJob, ["--input", "a", "--output", "o", "--encoding", "klingon"], "unknown encoding 'klingon'"),
         (BooksJob, ["--input", "a", "--output", "o", "--chunk-token", "500"], "did you mean --chunk-tokens?"),
+        # closest to the hidden underscored alias, but the suggestion is the flag --help shows
+        (BooksJob, ["--input", "a", "--output", "o", "--chunk_token", "500"], "did you mean --chunk-tokens?"),
         (VisionJob, ["--output", "o"], "'--inputs': is required (--inputs) unless --retry-dead-letters"),
         (VisionJob, ["--inputs", "x", "--output", "o", "--decoder", "vlc"], "invalid choice: 'vlc'"),
         (PackJob, ["--mixture", "m", "--stage", "s", "--out", "o"], "give --seq-len, or --train"),
