@@ -1,4 +1,4 @@
-"""Peak host memory of ``lwmkit convert export --format hf``, against the model's fp32 size.
+"""Peak host memory of ``lwmkit convert export`` (``--format hf`` or another), against the model's fp32 size.
 
 Builds a random-init checkpoint through the project's own path (``init_params`` +
 ``write_checkpoint``, as the tests do; a vision model with LWM's 8448-id vision vocabulary),
@@ -9,6 +9,7 @@ before the streaming export, and checks that both wrote the same tensors bit for
 
     python benchmarks/bench_export_memory.py --baseline 184d725      # 186M params, ~1 min here
     python benchmarks/bench_export_memory.py --d-model 2048 --layers 16 --max-shard-size 1GB   # bigger
+    python benchmarks/bench_export_memory.py --format llama-hf --baseline 79b170b   # text-only LLaMA / lwm formats
 """
 
 from __future__ import annotations
@@ -58,18 +59,28 @@ write_checkpoint(out, cfg, params, [], note="bench_export_memory")
 """
 
 
-def export(code: Path, ckpt: str, out: Path, *extra: str) -> dict:
-    args = [ckpt, "--format", "hf", "--out", str(out), "--no-tokenizer", *extra]
-    done = subprocess.run([sys.executable, "-c", CHILD, str(code), *args], capture_output=True, text=True)
+FORMAT_ARGS = {"hf": ["--no-tokenizer"], "llama-hf": ["--text-only"], "llama-meta": ["--text-only"], "lwm": []}
+
+
+def export(code: Path, ckpt: str, out: Path, fmt: str, *extra: str) -> dict:
+    args = [ckpt, "--format", fmt, "--out", str(out), *FORMAT_ARGS[fmt], *extra]
+    # cwd: a neutral folder (`python -c` puts the cwd first on sys.path: run from the repository,
+    # its lwmkit/ would shadow the baseline's)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(code), *args], capture_output=True, text=True,
+                          cwd=out.parent)  # fmt: skip
     if done.returncode:
         sys.exit(f"export with {code} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def same_tensors(a: Path, b: Path) -> bool:
-    """Every tensor of folder ``a`` equals ``b``'s, read one at a time (either form, any shards)."""
+    """Every tensor of folder ``a`` equals ``b``'s, read one at a time (either form, any shards);
+    an LWM ``streaming_params`` file: the same bytes."""
     import numpy as np
     from safetensors import safe_open
+
+    if a.is_file() or b.is_file():
+        return a.read_bytes() == b.read_bytes()
 
     def where(folder: Path) -> dict[str, Path]:
         out = {}
@@ -103,6 +114,7 @@ def main() -> None:
     ap.add_argument(
         "--max-shard-size", default="200MB", help="Also export sharded at this size (none: skip)."
     )
+    ap.add_argument("--format", default="hf", choices=sorted(FORMAT_ARGS), help="Export format (LLaMA ones: --text-only).")
     ap.add_argument("--baseline", help="A git revision whose export to measure too (e.g. 184d725).")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lwmkit-bench-export-") as tmp:
@@ -121,10 +133,11 @@ def main() -> None:
         print(
             f"checkpoint: {n / 1e6:.0f}M params, {model_bytes / 1e9:.2f} GB fp32 ({time.perf_counter() - t:.0f} s)"
         )
-        runs = {"streaming, one file": export(ROOT, ckpt + "/bench", tmp_path / "new")}
-        if args.max_shard_size.lower() != "none":
+        fmt = args.format
+        runs = {f"{fmt}, this tree": export(ROOT, ckpt + "/bench", tmp_path / "new", fmt)}
+        if args.max_shard_size.lower() != "none" and fmt == "hf":
             runs[f"streaming, {args.max_shard_size} shards"] = export(
-                ROOT, ckpt + "/bench", tmp_path / "sharded", "--max-shard-size", args.max_shard_size
+                ROOT, ckpt + "/bench", tmp_path / "sharded", fmt, "--max-shard-size", args.max_shard_size
             )
         if args.baseline:
             base = tmp_path / "base"
@@ -133,9 +146,7 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "archive", args.baseline], capture_output=True, check=True
             )
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
-            runs[f"before ({args.baseline}: whole tree + dict + save_file)"] = export(
-                base, ckpt + "/bench", tmp_path / "old"
-            )
+            runs[f"before ({args.baseline})"] = export(base, ckpt + "/bench", tmp_path / "old", fmt)
             print(
                 f"same tensors as {args.baseline}'s export: {same_tensors(tmp_path / 'old', tmp_path / 'new')}"
             )
@@ -150,7 +161,7 @@ def main() -> None:
         for name, r in runs.items():
             print(row(name, r, model_bytes))
         if args.baseline:
-            old, new = runs[next(k for k in runs if k.startswith("before"))], runs["streaming, one file"]
+            old, new = runs[next(k for k in runs if k.startswith("before"))], runs[f"{fmt}, this tree"]
             print(
                 f"\npeak RSS after / before: {new['peak'] / old['peak']:.2f}; above the import floor: "
                 f"{(new['peak'] - new['floor']) / (old['peak'] - old['floor']):.3f}"

@@ -18,6 +18,7 @@ safetensors), and the text -> vision step.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import jax
@@ -100,15 +101,17 @@ def load_lwm(path: str, model: ModelConfig) -> Tree:
     return check_shapes(unflatten(flat), model, path)
 
 
-def save_lwm(params: Tree, path: str) -> None:
-    """Write params as an LWM/EasyLM ``streaming_params`` file (keys under ``params``)."""
+def save_lwm(params: Tree | Iterable[tuple[str, Any]], path: str) -> None:
+    """Write params as an LWM/EasyLM ``streaming_params`` file (keys under ``params``): a tree,
+    or ``(path, array)`` pairs made one at a time (a streaming export holds one tensor)."""
     import fsspec
     import msgpack
     from flax.serialization import to_bytes
 
     packer = msgpack.Packer()
+    items = flatten(params).items() if isinstance(params, dict) else params
     with fsspec.open(path, "wb") as f:
-        for key, value in flatten(params).items():
+        for key, value in items:
             f.write(packer.pack((["params", *key.split("/")], to_bytes(np.asarray(value)))))
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from lwmkit.schemas import CheckpointConfig, ContractError, ModelConfig, StageConfig, TrainConfig, to_dict
-from lwmkit.trainer import convert, convert_hf
+from lwmkit.trainer import convert, convert_hf, hf_shards
 from lwmkit.trainer.convert import clear_path, hf_config_json
+from lwmkit.trainer.stored_params import StoredParams
 
 FORMATS = ("hf", "llama-hf", "llama-meta", "lwm")
 PICKLES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -309,11 +310,9 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
     text or vision, see :mod:`lwmkit.trainer.convert_hf`), LLaMA safetensors or an LWM
     ``streaming_params`` file. LLaMA formats hold text only: a model with vision parameters
     is refused unless ``text_only`` (then ``vte``/``vision_head`` are dropped). ``hf`` alone takes
-    ``max_shard_size`` and ``dtype`` (None: 5GB shards, float32). Returns the files."""
-    import jax
-
+    ``max_shard_size`` and ``dtype`` (None: 5GB shards, float32). Every format streams: params
+    are read, converted and written one at a time. Returns the files."""
     from lwmkit.runtime.progress import step, warn
-    from lwmkit.trainer.generate import load_model
 
     if fmt not in FORMATS:
         raise ContractError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="--format")
@@ -330,39 +329,40 @@ def export_checkpoint(ckpt: str, fmt: str, out: str, *, text_only: bool = False,
         options = {k: v for k, v in (("max_shard_size", max_shard_size), ("dtype", dtype)) if v is not None}
         return convert_hf.export_hf(ckpt, out, tokenizer=tokenizer, no_tokenizer=no_tokenizer, overwrite=overwrite,
                                     **options)
-    step(f"loading {ckpt}")
-    loaded = load_model(ckpt)
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(loaded.params))
-    model, theta = loaded.config, loaded.rope_theta
+    # read a tensor at a time (never the whole model on the host or a device), as for hf
+    stored = StoredParams(ckpt)
+    model, stage = stored.model, stored.stage
     if fmt == "lwm":
         out = os.path.join(out, "streaming_params") if os.path.isdir(out) else out
         clear_path(out, overwrite, "an exported model")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        convert.save_lwm(params, out)
+        convert.save_lwm(((key, stored(key)) for key in stored.shapes), out)
         step(f"wrote {out} (load it in LWM as params::{os.path.abspath(out)})")
         return [out]
-    vision = [k for k in convert.VISION_KEYS if k in convert.flatten(params)]
+    vision = [k for k in convert.VISION_KEYS if k in stored.shapes]
     if vision and not text_only:
         raise ContractError(f"the model has vision parameters ({', '.join(vision)}) that LLaMA formats cannot hold; "
                             "pass --text-only to drop them, or export --format lwm", field="--format", source=ckpt)
     if vision:
         warn(f"dropping {', '.join(vision)}: the exported LLaMA model is text-only")
-        params = convert.without_vision(params)
-        model = dataclasses.replace(model, vision_vocab_size=0)
+    model = dataclasses.replace(model, vision_vocab_size=0)
     names = HF_FILES if fmt == "llama-hf" else META_FILES
     files = [os.path.join(out, n) for n in names]
     for f in files:
         clear_path(f, overwrite, "an exported model")
     os.makedirs(out, exist_ok=True)
-    convert.save_llama(params, model, files[0], "hf" if fmt == "llama-hf" else "meta")
+    layout = "hf" if fmt == "llama-hf" else "meta"
+    tensors = convert_hf.hf_tensors(model, stored, "float32", layout)
+    hf_shards.write_file(files[0], tensors, {"format": "pt", "converted_by": "lwmkit"})
+    theta = stage.rope_theta
     if fmt == "llama-hf":
-        record = hf_config_json(model, loaded.seq_len, theta)
-        if loaded.tokenizer_id is None:
+        record = hf_config_json(model, stage.seq_len, theta)
+        if not (stored.lineage and stored.lineage[-1].get("tokenizer_id")):
             warn("the checkpoint records no tokenizer; config.json assumes LLaMA's bos 1 / eos 2")
     else:
         record = meta_params_json(model, theta)
     with open(files[1], "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
-    step(f"wrote {out}: {names[0]} + {names[1]} (stage '{loaded.stage}', context {loaded.seq_len}, theta {theta:g}); "
+    step(f"wrote {out}: {names[0]} + {names[1]} (stage '{stage.name}', context {stage.seq_len}, theta {theta:g}); "
          "copy the model's tokenizer.model beside them")
     return files

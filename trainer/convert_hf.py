@@ -39,16 +39,18 @@ EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
 
 def hf_tensors(
-    model: ModelConfig, read: Callable[[str], Any], dtype: str = "float32"
+    model: ModelConfig, read: Callable[[str], Any], dtype: str = "float32", layout: convert.Layout = "hf"
 ) -> list[hf_shards.Tensor]:
     """The HF Llama tensors of a text or vision model, each made on demand from the params
     ``read(path)`` gives one at a time (vision rows follow the text rows; neither block is
-    joined to the other in memory)."""
+    joined to the other in memory). ``layout="meta"``: Meta's names and q/k row order, text only."""
     text_model = ModelConfig(**{**model.__dict__, "vision_vocab_size": 0})
+    if layout != "hf" and model.vision_vocab_size:
+        raise ValueError("Meta's LLaMA layout holds text only: pass the text model")
     vision = {EMBED: convert.VISION_KEYS[0], HEAD: convert.VISION_KEYS[1]} if model.vision_vocab_size else {}
     want = convert.flatten(param_shapes(text_model))
     out = []
-    for ours, theirs in convert.llama_names(text_model, "hf").items():
+    for ours, theirs in convert.llama_names(text_model, layout).items():
         shape = tuple(want[ours].shape)
         if len(shape) == 2 and not ours.endswith("embedding"):
             shape = shape[::-1]  # [in, out] -> [out, in]
@@ -56,12 +58,14 @@ def hf_tensors(
         if theirs in vision:
             shape = (shape[0] + model.vision_vocab_size, shape[1])
             keys.append(vision[theirs])
-        parts = functools.partial(_rows, read, keys, text_model)
+        parts = functools.partial(_rows, read, keys, text_model, layout)
         out.append(hf_shards.Tensor(theirs, shape, dtype, parts))
     return out
 
 
-def _rows(read: Callable[[str], Any], keys: list[str], model: ModelConfig) -> Iterator[np.ndarray]:
+def _rows(
+    read: Callable[[str], Any], keys: list[str], model: ModelConfig, layout: convert.Layout
+) -> Iterator[np.ndarray]:
     """The HF rows of our params ``keys`` (one tensor's blocks, in order), a param at a time.
     A param is converted whole: orbax's restore already holds it twice (its read buffer and
     the array), so a whole transposed copy raises no peak."""
@@ -71,7 +75,7 @@ def _rows(read: Callable[[str], Any], keys: list[str], model: ModelConfig) -> It
         elif key == convert.VISION_KEYS[1]:
             yield np.asarray(read(key), np.float32).T  # vision_head is [d, Vv]: its HF rows are its columns
         else:
-            yield convert.to_llama_tensor(key, read(key), model, "hf")
+            yield convert.to_llama_tensor(key, read(key), model, layout)
 
 
 def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:
