@@ -49,10 +49,10 @@ from lwmkit.pipelines.books.qa_client import QAClientConfig
 from lwmkit.pipelines.books.qa_grade import GradeConfig, grade_summary, summary_line
 from lwmkit.pipelines.books.qa_handler import OpenAIChatQAHandler, ToRecords
 from lwmkit.pipelines.books.qa_prompt import load_prompt
+from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.pipelines.entry import job_main
 from lwmkit.pipelines.runner_compat import adapt
 from lwmkit.runtime.dead_letters import WriteDeadLetters
-from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.pipelines.vision.graph import build, decode_config
 from lwmkit.pipelines.vision.inputs import MediaInput, read_inputs
 from lwmkit.pipelines.vision.output import JOB, JobSettings, check_settings, read_state, record_files
 from lwmkit.runtime.dead_letters import dead_letter_path, read_existing
-from lwmkit.pipelines.bucket_options import beam_s3_for_fsspec
 from lwmkit.runtime.lease import lease_output
 from lwmkit.runtime.progress import step, warn
 from lwmkit.schemas.errors import ContractError
