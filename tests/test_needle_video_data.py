@@ -200,7 +200,7 @@ def test_bad_inputs_are_refused(tmp_path: Path, vision_records: list[str]):
 
 def test_proof_configs_match_the_format(tok: TextTokenizer):
     """configs/video-needle-proof/: the mixture asks the eval's question; each stage's seq_len
-    holds its frames (16 / 32 / 64; tiny 4 / 8); every stage has its needle data."""
+    holds its frames (3 / 16 / 32 / 64; tiny 4 / 8); every stage has its needle data."""
     import yaml
 
     from lwmkit.runtime.config import load_config
@@ -210,7 +210,7 @@ def test_proof_configs_match_the_format(tok: TextTokenizer):
     root = Path(__file__).resolve().parents[1] / "configs" / "video-needle-proof"
     mixture = load_config(MixtureConfig, str(root / "mixture.yaml"))
     assert mixture.sources[0].prompt == QUESTION and mixture.sources[0].understanding_share == 1.0
-    for train, needles, frames in (("train.yaml", "needles.yaml", [16, 32, 64, 64]),
+    for train, needles, frames in (("train.yaml", "needles.yaml", [3, 16, 32, 64, 64]),
                                    ("train-tiny.yaml", "needles-tiny.yaml", [4, 8])):  # fmt: skip
         cfg = load_config(TrainConfig, str(root / train))
         assert frames_per_length(tok, tuple(s.seq_len for s in cfg.stages), 1) == frames
