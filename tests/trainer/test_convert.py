@@ -14,17 +14,12 @@ TEXT = ModelConfig(text_vocab_size=96, vision_vocab_size=0, d_model=32, n_layers
 VISION = ModelConfig(text_vocab_size=96, vision_vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=48)
 
 
-def _equal(a, b) -> bool:
-    fa, fb = convert.flatten(a), convert.flatten(b)
-    return fa.keys() == fb.keys() and all(np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa)
-
-
 @pytest.fixture(scope="module")
 def params():
     return init_params(VISION, jax.random.PRNGKey(0))
 
 
-def test_lwm_streaming_round_trip(params, tmp_path):
+def test_lwm_streaming_round_trip(params, tmp_path, convert_kit):
     path = str(tmp_path / "streaming_params")
     convert.save_lwm(params, path)
     import msgpack  # the file follows EasyLM's layout: (["params", ...path], to_bytes(array)) pairs
@@ -33,13 +28,13 @@ def test_lwm_streaming_round_trip(params, tmp_path):
         keys = [tuple(k) for k, _ in msgpack.Unpacker(f, max_buffer_size=0)]
     assert ("params", "transformer", "vte", "embedding") in keys and ("params", "lm_head", "kernel") in keys
     assert ("params", "transformer", "h", "1", "feed_forward", "w2", "kernel") in keys
-    assert _equal(convert.load_lwm(path, VISION), params)
+    assert convert_kit.same(convert.load_lwm(path, VISION), params)
     with pytest.raises(ContractError, match="shape"):
         convert.load_lwm(path, ModelConfig(**{**VISION.__dict__, "mlp_dim": 64}))
 
 
 @pytest.mark.parametrize("layout", ["hf", "meta"])
-def test_llama_round_trip(params, tmp_path, layout):
+def test_llama_round_trip(params, tmp_path, layout, convert_kit):
     text = convert.without_vision(params)
     path = str(tmp_path / "model.safetensors")
     convert.save_llama(text, TEXT, path, layout)
@@ -49,7 +44,7 @@ def test_llama_round_trip(params, tmp_path, layout):
     q = "model.layers.0.self_attn.q_proj.weight" if layout == "hf" else "layers.0.attention.wq.weight"
     k = "model.layers.0.self_attn.k_proj.weight" if layout == "hf" else "layers.0.attention.wk.weight"
     assert tensors[q].shape == (32, 32) and tensors[k].shape == (16, 32)  # [out, in], GQA kv 2 x 8
-    assert _equal(convert.load_llama(path, TEXT, layout), text)
+    assert convert_kit.same(convert.load_llama(path, TEXT, layout), text)
     del tensors[q]
     with pytest.raises(ContractError, match="tensor is missing"):
         convert.from_llama(tensors, TEXT, layout)
@@ -78,14 +73,14 @@ def test_hf_permutation_matches_rotate_half_rope(params):
     np.testing.assert_allclose(scores(ours), scores(theirs), rtol=2e-4, atol=2e-4)
 
 
-def test_text_to_vision_adds_fresh_parameters(params):
+def test_text_to_vision_adds_fresh_parameters(params, convert_kit):
     text = convert.without_vision(params)
     assert convert.missing_vision(text, params) == list(convert.VISION_KEYS)
     grown = convert.add_vision_params(text, VISION, jax.random.PRNGKey(3))
     vte, head = grown["transformer"]["vte"]["embedding"], grown["vision_head"]["kernel"]
     assert vte.shape == (40, 32) and head.shape == (32, 40)
     assert abs(float(np.std(np.asarray(vte))) - 0.02) < 0.003 and abs(float(np.std(np.asarray(head))) - 0.02) < 0.003
-    assert _equal(convert.without_vision(grown), text)  # the text weights are untouched
+    assert convert_kit.same(convert.without_vision(grown), text)  # the text weights are untouched
     with pytest.raises(ContractError, match="already has"):
         convert.add_vision_params(grown, VISION, jax.random.PRNGKey(3))
     with pytest.raises(ContractError, match="no vision vocabulary"):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from lwmkit.cli import main
 from lwmkit.schemas import ModelConfig
 from lwmkit.tokenizers.text import TextTokenizer, default_model_path
 from lwmkit.trainer import convert
@@ -27,19 +26,6 @@ HF_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidd
              "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "vocab_size": 8000, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 512,
              "tie_word_embeddings": False, "torch_dtype": "float32"}
-
-
-def _run(*args: str) -> int:
-    try:
-        main(["convert", *args])
-    except SystemExit as ex:
-        return int(ex.code or 0)
-    return 0
-
-
-def _equal(a, b) -> bool:
-    fa, fb = convert.flatten(a), convert.flatten(b)
-    return fa.keys() == fb.keys() and all(np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa)
 
 
 def _shape(m: ModelConfig) -> tuple:
@@ -71,7 +57,7 @@ def hf_dir(tmp_path_factory, vision_params) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["llama-hf", "llama-meta"])
-def test_llama_import_then_export_gives_the_same_tensors(tmp_path, hf_dir, vision_params, fmt, capsys):
+def test_llama_import_then_export_gives_the_same_tensors(tmp_path, hf_dir, vision_params, fmt, capsys, convert_kit):
     from safetensors.numpy import load_file
 
     from lwmkit.trainer.generate import load_model
@@ -85,16 +71,16 @@ def test_llama_import_then_export_gives_the_same_tensors(tmp_path, hf_dir, visio
             {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": -1, "norm_eps": 1e-6,
              "multiple_of": 48, "ffn_dim_multiplier": 48 / int(8 * 32 / 3)}))
     extra = [] if fmt == "llama-hf" else ["--seq-len", "512", "--rope-theta", "10000"]
-    assert _run("import", str(src), "--format", fmt, "--out", str(tmp_path / "ck"), "--tokenizer", TOKENIZER,
+    assert convert_kit.run("import", str(src), "--format", fmt, "--out", str(tmp_path / "ck"), "--tokenizer", TOKENIZER,
                 *extra) == 0
     assert "init_from: " in capsys.readouterr().out
     loaded = load_model(str(tmp_path / "ck" / "import"))
-    assert _equal(loaded.params, convert.without_vision(vision_params))
+    assert convert_kit.same(loaded.params, convert.without_vision(vision_params))
     assert _shape(loaded.config) == _shape(TEXT) and loaded.seq_len == 512 and loaded.rope_theta == 1e4
     assert loaded.tokenizer_id == TextTokenizer.load(TOKENIZER).id
 
     out = tmp_path / "export"
-    assert _run("export", str(tmp_path / "ck" / "import"), "--format", fmt, "--out", str(out)) == 0
+    assert convert_kit.run("export", str(tmp_path / "ck" / "import"), "--format", fmt, "--out", str(out)) == 0
     name, record = ("model.safetensors", "config.json") if fmt == "llama-hf" else ("consolidated.safetensors", "params.json")
     before, after = load_file(str(src / name)), load_file(str(out / name))
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
@@ -105,7 +91,7 @@ def test_llama_import_then_export_gives_the_same_tensors(tmp_path, hf_dir, visio
         assert _shape(model_from_meta(written, 8000, str(out))) == _shape(TEXT)
 
 
-def test_lwm_round_trip_and_text_only_export(tmp_path, vision_params):
+def test_lwm_round_trip_and_text_only_export(tmp_path, vision_params, convert_kit):
     from lwmkit.trainer.generate import load_model
 
     src = tmp_path / "streaming_params"
@@ -113,19 +99,19 @@ def test_lwm_round_trip_and_text_only_export(tmp_path, vision_params):
     config = _write_config(tmp_path / "train.yaml", VISION)
     args = ["import", str(src), "--format", "lwm", "--out", str(tmp_path / "ck"), "--config", str(config),
             "--tokenizer", TOKENIZER, "--stage-name", "lwm1m"]
-    assert _run(*args, "--seq-len", "1024") == 2  # no theta recorded in the file: say which flag
-    assert _run(*args, "--seq-len", "1024", "--rope-theta", "5e7") == 0
+    assert convert_kit.run(*args, "--seq-len", "1024") == 2  # no theta recorded in the file: say which flag
+    assert convert_kit.run(*args, "--seq-len", "1024", "--rope-theta", "5e7") == 0
     loaded = load_model(str(tmp_path / "ck" / "lwm1m" / "final"))
-    assert _equal(loaded.params, vision_params) and loaded.rope_theta == 5e7 and loaded.seq_len == 1024
+    assert convert_kit.same(loaded.params, vision_params) and loaded.rope_theta == 5e7 and loaded.seq_len == 1024
 
-    assert _run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "lwm", "--out", str(tmp_path / "back")) == 0
-    assert _equal(convert.load_lwm(str(tmp_path / "back"), VISION), vision_params)
+    assert convert_kit.run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "lwm", "--out", str(tmp_path / "back")) == 0
+    assert convert_kit.same(convert.load_lwm(str(tmp_path / "back"), VISION), vision_params)
     # LLaMA formats hold no vision parameters: refused unless --text-only says to drop them
     hf = tmp_path / "hf"
-    assert _run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf)) == 2
-    assert _run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf), "--text-only") == 0
-    assert _equal(convert.load_llama(str(hf), TEXT), convert.without_vision(vision_params))
-    assert _run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf), "--text-only") == 2
+    assert convert_kit.run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf)) == 2
+    assert convert_kit.run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf), "--text-only") == 0
+    assert convert_kit.same(convert.load_llama(str(hf), TEXT), convert.without_vision(vision_params))
+    assert convert_kit.run("export", str(tmp_path / "ck" / "lwm1m"), "--format", "llama-hf", "--out", str(hf), "--text-only") == 2
 
 
 def _lwmkit(*args: str) -> tuple[int, str]:
@@ -154,7 +140,7 @@ def shards(tmp_path_factory, botchan) -> str:
 
 
 @pytest.mark.slow
-def test_train_starts_a_stage_from_an_imported_llama(tmp_path, hf_dir, shards, botchan):
+def test_train_starts_a_stage_from_an_imported_llama(tmp_path, hf_dir, shards, botchan, convert_kit):
     """LWM's first step: LLaMA weights -> `lwmkit convert import` -> `init_from` of a stage that
     adds the vision vocabulary; the trainer refuses the import without add_vision, and an import
     recorded with another tokenizer than the shards'."""
@@ -162,7 +148,7 @@ def test_train_starts_a_stage_from_an_imported_llama(tmp_path, hf_dir, shards, b
     from lwmkit.trainer.generate import load_model
 
     ck = tmp_path / "ck"
-    assert _run("import", str(hf_dir), "--format", "llama-hf", "--out", str(ck), "--tokenizer", TOKENIZER) == 0
+    assert convert_kit.run("import", str(hf_dir), "--format", "llama-hf", "--out", str(ck), "--tokenizer", TOKENIZER) == 0
     stage = {"name": "s512", "seq_len": 512, "rope_theta": 1e4, "steps": 2, "batch_size": 2, "data": shards,
              "init_from": str(ck / "import"), "add_vision": True}
     model = ModelConfig(**{**TEXT.__dict__, "vision_vocab_size": 8448})
@@ -173,41 +159,32 @@ def test_train_starts_a_stage_from_an_imported_llama(tmp_path, hf_dir, shards, b
     trained = load_model(str(tmp_path / "ck" / "s512"))
     imported = load_model(str(ck / "import"))
     assert trained.step == 2 and trained.tokenizer_id == imported.tokenizer_id
-    assert not _equal(convert.without_vision(trained.params), imported.params)  # it trained from the import
+    assert not convert_kit.same(convert.without_vision(trained.params), imported.params)  # it trained from the import
 
     code, err = _lwmkit("train", str(config), "--set", "stages.0.add_vision=false", "--set",
                         f"checkpoint.dir={tmp_path / 'ck2'}")
     assert code == 2 and "set add_vision: true on the stage" in err
     (tmp_path / "text.txt").write_text(botchan[:200_000])
     other = train_tokenizer([tmp_path / "text.txt"], tmp_path / "other", vocab_size=400)
-    assert _run("import", str(hf_dir), "--format", "llama-hf", "--out", str(ck), "--tokenizer", str(other),
+    assert convert_kit.run("import", str(hf_dir), "--format", "llama-hf", "--out", str(ck), "--tokenizer", str(other),
                 "--overwrite") == 0
     code, err = _lwmkit("train", str(config), "--set", f"checkpoint.dir={tmp_path / 'ck3'}")
     assert code == 2 and "checkpoint was trained on tokenizer" in err
 
 
-def _refused(capsys, *args: str) -> str:
-    """The one error line of a refused `lwmkit convert` (exit 2)."""
-    capsys.readouterr()
-    assert _run(*args) == 2, args
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def test_bad_inputs_get_one_clear_line(tmp_path, hf_dir, capsys):
+def test_bad_inputs_get_one_clear_line(tmp_path, hf_dir, capsys, convert_kit):
     out = ["--out", str(tmp_path / "ck")]
     hf = ["--format", "llama-hf", *out, "--tokenizer", TOKENIZER]
-    assert "does not exist" in _refused(capsys, "import", str(tmp_path / "nope"), *hf)
-    assert "unknown format 'gguf'; use one of hf, llama-hf, llama-meta, lwm" in _refused(
+    assert "does not exist" in convert_kit.refused(capsys, "import", str(tmp_path / "nope"), *hf)
+    assert "unknown format 'gguf'; use one of hf, llama-hf, llama-meta, lwm" in convert_kit.refused(
         capsys, "import", str(hf_dir), "--format", "gguf", *out)
     pickled = tmp_path / "torch"
     pickled.mkdir()
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
-    assert "never unpickles" in _refused(capsys, "import", str(pickled), *hf)
-    assert "never unpickles" in _refused(capsys, "import", str(pickled / "pytorch_model.bin"), *hf)
+    assert "never unpickles" in convert_kit.refused(capsys, "import", str(pickled), *hf)
+    assert "never unpickles" in convert_kit.refused(capsys, "import", str(pickled / "pytorch_model.bin"), *hf)
     (pickled / "model.safetensors").write_bytes(b"garbage")
-    assert "is not a readable safetensors file" in _refused(capsys, "import", str(pickled / "model.safetensors"),
+    assert "is not a readable safetensors file" in convert_kit.refused(capsys, "import", str(pickled / "model.safetensors"),
                                                             "--config", str(_write_config(tmp_path / "t.yaml", TEXT)),
                                                             *hf)
 
@@ -216,33 +193,33 @@ def test_bad_inputs_get_one_clear_line(tmp_path, hf_dir, capsys):
     (wide / "model.safetensors").symlink_to(hf_dir / "model.safetensors")
     (wide / "config.json").write_text(json.dumps({**HF_CONFIG, "intermediate_size": 64}))
     assert ("field 'model.layers.0.mlp.gate_proj.weight': shape (48, 32) != (64, 32) the model config expects"
-            in _refused(capsys, "import", str(wide), *hf))
+            in convert_kit.refused(capsys, "import", str(wide), *hf))
     small = tmp_path / "small"  # a 96-id embedding cannot take the 8000-id tokenizer
     small.mkdir()
     model = ModelConfig(**{**TEXT.__dict__, "text_vocab_size": 96})
     convert.save_llama(init_params(model, jax.random.PRNGKey(1)), model, str(small / "model.safetensors"))
     (small / "config.json").write_text(json.dumps({**HF_CONFIG, "vocab_size": 96}))
-    assert "tokenizer has 8000 ids, the model's embedding only 96" in _refused(capsys, "import", str(small), *hf)
+    assert "tokenizer has 8000 ids, the model's embedding only 96" in convert_kit.refused(capsys, "import", str(small), *hf)
 
-    assert "pass --tokenizer tokenizer.model" in _refused(capsys, "import", str(hf_dir), "--format", "llama-hf", *out)
-    assert _run("import", str(hf_dir), *hf) == 0
-    assert "already holds a checkpoint; pass --overwrite" in _refused(capsys, "import", str(hf_dir), *hf)
+    assert "pass --tokenizer tokenizer.model" in convert_kit.refused(capsys, "import", str(hf_dir), "--format", "llama-hf", *out)
+    assert convert_kit.run("import", str(hf_dir), *hf) == 0
+    assert "already holds a checkpoint; pass --overwrite" in convert_kit.refused(capsys, "import", str(hf_dir), *hf)
     (tmp_path / "ck" / "import" / "notes.txt").write_text("not ours to delete")
-    assert "is a folder that is not a checkpoint" in _refused(capsys, "import", str(hf_dir), *hf, "--overwrite")
+    assert "is a folder that is not a checkpoint" in convert_kit.refused(capsys, "import", str(hf_dir), *hf, "--overwrite")
     (tmp_path / "ck" / "import" / "notes.txt").unlink()
-    assert "not both" in _refused(capsys, "import", str(hf_dir), *hf, "--no-tokenizer", "--overwrite")
-    assert _run("import", str(hf_dir), *out, "--format", "llama-hf", "--no-tokenizer", "--overwrite") == 0
+    assert "not both" in convert_kit.refused(capsys, "import", str(hf_dir), *hf, "--no-tokenizer", "--overwrite")
+    assert convert_kit.run("import", str(hf_dir), *out, "--format", "llama-hf", "--no-tokenizer", "--overwrite") == 0
     assert "no tokenizer recorded" in capsys.readouterr().err
 
     lwm = tmp_path / "streaming_params"
     lwm.write_bytes(b"\x00\x01 not msgpack pairs")
-    assert "records no model shape" in _refused(capsys, "import", str(lwm), "--format", "lwm", *out, "--stage-name", "x")
-    assert "is not an LWM/EasyLM streaming_params file" in _refused(
+    assert "records no model shape" in convert_kit.refused(capsys, "import", str(lwm), "--format", "lwm", *out, "--stage-name", "x")
+    assert "is not an LWM/EasyLM streaming_params file" in convert_kit.refused(
         capsys, "import", str(lwm), "--format", "lwm", *out, "--config", str(tmp_path / "t.yaml"), "--no-tokenizer",
         "--stage-name", "x", "--seq-len", "8", "--rope-theta", "1e4")
-    assert "no lwmkit checkpoint" in _refused(capsys, "export", str(tmp_path / "nope"), "--format", "lwm", "--out",
+    assert "no lwmkit checkpoint" in convert_kit.refused(capsys, "export", str(tmp_path / "nope"), "--format", "lwm", "--out",
                                               str(tmp_path / "o"))
-    assert "unknown format 'gguf'" in _refused(capsys, "export", str(tmp_path / "ck" / "import"), "--format", "gguf",
+    assert "unknown format 'gguf'" in convert_kit.refused(capsys, "export", str(tmp_path / "ck" / "import"), "--format", "gguf",
                                                "--out", str(tmp_path / "o"))
 
 
@@ -263,7 +240,7 @@ def test_model_shapes_from_hf_and_meta_records():
     assert _shape(model_from_meta(meta_params_json(odd, 1e4), 8000, "x")) == _shape(odd)
 
 
-def test_tied_hf_embeddings_become_our_own_head(tmp_path, hf_dir):
+def test_tied_hf_embeddings_become_our_own_head(tmp_path, hf_dir, convert_kit):
     from safetensors.numpy import load_file, save_file
 
     from lwmkit.trainer.generate import load_model
@@ -272,6 +249,6 @@ def test_tied_hf_embeddings_become_our_own_head(tmp_path, hf_dir):
     del tensors["lm_head.weight"]  # a tied model stores the embedding only
     save_file(tensors, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIG, "tie_word_embeddings": True}))
-    assert _run("import", str(tmp_path), "--format", "llama-hf", "--out", str(tmp_path / "ck"), "--no-tokenizer") == 0
+    assert convert_kit.run("import", str(tmp_path), "--format", "llama-hf", "--out", str(tmp_path / "ck"), "--no-tokenizer") == 0
     params = load_model(str(tmp_path / "ck" / "import")).params
     np.testing.assert_array_equal(params["lm_head"]["kernel"], tensors["model.embed_tokens.weight"].T)

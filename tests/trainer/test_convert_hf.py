@@ -12,11 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwmkit.cli import main
-from lwmkit.schemas import CheckpointConfig, ModelConfig, StageConfig, TrainConfig
+from lwmkit.schemas import ModelConfig
 from lwmkit.tokenizers.text import TextTokenizer, default_model_path
 from lwmkit.trainer import convert, convert_hf
-from lwmkit.trainer.convert_checkpoint import write_checkpoint
 from lwmkit.trainer.model import LWMModel, init_params
 
 TOKENIZER = str(default_model_path())
@@ -37,46 +35,17 @@ VISION = ModelConfig(
 THETA, SEQ = 5e4, 2048
 
 
-def _run(*args: str) -> int:
-    try:
-        main(["convert", *args])
-    except SystemExit as ex:
-        return int(ex.code or 0)
-    return 0
-
-
-def _equal(a, b) -> bool:
-    fa, fb = convert.flatten(a), convert.flatten(b)
-    return fa.keys() == fb.keys() and all(np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa)
-
-
-def _checkpoint(root: Path, model: ModelConfig, params, *, tokenizer: str | None = TOKENIZER) -> str:
-    stage = StageConfig(name="vis", seq_len=SEQ, rope_theta=THETA, data="-", steps=1, batch_size=1)
-    tok_id = TextTokenizer.load(TOKENIZER).id
-    cfg = TrainConfig(
-        model=model, stages=(stage,), checkpoint=CheckpointConfig(dir=str(root)), tokenizer_id=tok_id
-    )
-    entry = {
-        "stage": "vis",
-        "tokenizer_id": tok_id,
-        "tokenizer": tokenizer,
-        "seq_len": SEQ,
-        "rope_theta": THETA,
-    }
-    return write_checkpoint(str(root), cfg, params, [entry], note="test")
-
-
 @pytest.fixture(scope="module")
 def params():
     return init_params(VISION, jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory, params) -> Path:
+def export(tmp_path_factory, params, convert_kit) -> Path:
     root = tmp_path_factory.mktemp("hf")
-    ckpt = _checkpoint(root / "ck", VISION, params)
+    ckpt = convert_kit.checkpoint(root / "ck", VISION, params, seq_len=SEQ, rope_theta=THETA)
     assert (
-        _run("export", ckpt, "--format", "hf", "--out", str(root / "hf")) == 0
+        convert_kit.run("export", ckpt, "--format", "hf", "--out", str(root / "hf")) == 0
     )  # tokenizer: the recorded one
     return root / "hf"
 
@@ -127,14 +96,14 @@ def test_transformers_logits_equal_lwmkits_on_text_and_vision(export, params):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(ours))))
 
 
-def test_import_gives_back_the_checkpoint_exactly(export, params, tmp_path):
+def test_import_gives_back_the_checkpoint_exactly(export, params, tmp_path, convert_kit):
     from lwmkit.trainer.generate import load_model
 
     assert (
-        _run("import", str(export), "--format", "hf", "--out", str(tmp_path / "ck")) == 0
+        convert_kit.run("import", str(export), "--format", "hf", "--out", str(tmp_path / "ck")) == 0
     )  # tokenizer beside it
     loaded = load_model(str(tmp_path / "ck" / "import"))
-    assert _equal(loaded.params, params)
+    assert convert_kit.same(loaded.params, params)
     c = loaded.config
     assert (
         c.text_vocab_size,
@@ -151,7 +120,7 @@ def test_import_gives_back_the_checkpoint_exactly(export, params, tmp_path):
     from safetensors.numpy import load_file
 
     assert (
-        _run("export", str(tmp_path / "ck" / "import"), "--format", "hf", "--out", str(tmp_path / "again"))
+        convert_kit.run("export", str(tmp_path / "ck" / "import"), "--format", "hf", "--out", str(tmp_path / "again"))
         == 0
     )
     a, b = (
@@ -271,15 +240,7 @@ def test_hf_tokenizer_encodes_and_decodes_as_lwmkits(export, botchan):
     assert (export / "tokenizer.model").read_bytes() == Path(TOKENIZER).read_bytes()
 
 
-def _refused(capsys, *args: str) -> str:
-    capsys.readouterr()
-    assert _run(*args) == 2, args
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
+def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan, convert_kit):
     """A text model exports with no vision split and imports back text-only; a plain Llama
     folder imports with --format hf as with llama-hf; every bad input is one clear line."""
     from lwmkit.tokenizers.text import train as train_tokenizer
@@ -287,22 +248,22 @@ def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
 
     text_model = ModelConfig(**{**VISION.__dict__, "vision_vocab_size": 0})
     text_params = convert.without_vision(params)
-    ckpt = _checkpoint(
-        tmp_path / "ck", text_model, text_params, tokenizer=None
-    )  # no file named: must be given
+    ckpt = convert_kit.checkpoint(  # no tokenizer file named: it must be given
+        tmp_path / "ck", text_model, text_params, seq_len=SEQ, rope_theta=THETA, tokenizer=None
+    )
     out = tmp_path / "text"
-    assert "no lwmkit checkpoint" in _refused(
+    assert "no lwmkit checkpoint" in convert_kit.refused(
         capsys, "export", str(tmp_path / "nope"), "--format", "hf", "--out", "o"
     )
-    assert "pass --tokenizer tokenizer.model" in _refused(
+    assert "pass --tokenizer tokenizer.model" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out)
     )
     (tmp_path / "b.txt").write_text(botchan[:100_000])
     other = train_tokenizer([tmp_path / "b.txt"], tmp_path / "other", vocab_size=400)
-    assert "is not the tokenizer the checkpoint was trained with" in _refused(
+    assert "is not the tokenizer the checkpoint was trained with" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", str(other)
     )
-    assert "not both" in _refused(
+    assert "not both" in convert_kit.refused(
         capsys,
         "export",
         ckpt,
@@ -314,29 +275,29 @@ def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
         TOKENIZER,
         "--no-tokenizer",
     )
-    assert "go with --format hf" in _refused(
+    assert "go with --format hf" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "llama-hf", "--out", str(out), "--tokenizer", TOKENIZER
     )
-    assert "--text-only goes with llama-hf" in _refused(
+    assert "--text-only goes with llama-hf" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--text-only"
     )
-    assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", TOKENIZER) == 0
-    assert "already holds an exported model" in _refused(
+    assert convert_kit.run("export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", TOKENIZER) == 0
+    assert "already holds an exported model" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out), "--tokenizer", TOKENIZER
     )
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == 8000 and convert_hf.RECORD not in config
     with pytest.raises(Exception, match="records no vision layout"):
         convert_hf.load_layout(str(out))
-    assert _run("import", str(out), "--format", "hf", "--out", str(tmp_path / "back")) == 0
+    assert convert_kit.run("import", str(out), "--format", "hf", "--out", str(tmp_path / "back")) == 0
     back = load_model(str(tmp_path / "back" / "import"))
-    assert back.config.vision_vocab_size == 0 and _equal(back.params, text_params)
+    assert back.config.vision_vocab_size == 0 and convert_kit.same(back.params, text_params)
 
     # an lwmkit record that does not add up, and one --config contradicts
     (out / "config.json").write_text(
         json.dumps({**config, convert_hf.RECORD: {"text_vocab_size": 7000, "vision_vocab_size": 8448}})
     )
-    assert "7000 text + 8448 vision ids; vocab_size is 8000" in _refused(
+    assert "7000 text + 8448 vision ids; vocab_size is 8000" in convert_kit.refused(
         capsys, "import", str(out), "--format", "hf", "--out", str(tmp_path / "bad")
     )
     record = {
@@ -344,7 +305,7 @@ def test_text_only_checkpoint_and_bad_inputs(tmp_path, params, capsys, botchan):
         "vision_vocab_size": 8448,
     }  # adds up, but the tensors hold text rows only
     (out / "config.json").write_text(json.dumps({**config, "vocab_size": 16448, convert_hf.RECORD: record}))
-    assert "has 8000 rows; config.json's lwm_vocab says 8000 text + 8448 vision ids" in _refused(
+    assert "has 8000 rows; config.json's lwm_vocab says 8000 text + 8448 vision ids" in convert_kit.refused(
         capsys, "import", str(out), "--format", "hf", "--out", str(tmp_path / "bad")
     )
 

@@ -16,11 +16,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from lwmkit.cli import main
-from lwmkit.schemas import CheckpointConfig, ContractError, ModelConfig, StageConfig, TrainConfig
-from lwmkit.tokenizers.text import TextTokenizer, default_model_path
+from lwmkit.schemas import ContractError, ModelConfig
+from lwmkit.tokenizers.text import default_model_path
 from lwmkit.trainer import convert, convert_hf, hf_shards
-from lwmkit.trainer.convert_checkpoint import write_checkpoint
 from lwmkit.trainer.model import init_params
 
 TOKENIZER = str(default_model_path())
@@ -39,51 +37,22 @@ MODEL = ModelConfig(
 SHARD = 300_000  # bytes: embed and head each go alone; layers share shards
 
 
-def _run(*args: str) -> int:
-    try:
-        main(["convert", *args])
-    except SystemExit as ex:
-        return int(ex.code or 0)
-    return 0
-
-
-def _refused(capsys, *args: str) -> str:
-    capsys.readouterr()
-    assert _run(*args) == 2, args
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def params():
     return init_params(MODEL, jax.random.PRNGKey(3))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, params) -> str:
-    root = tmp_path_factory.mktemp("ck")
-    stage = StageConfig(name="vis", seq_len=512, rope_theta=5e4, data="-", steps=1, batch_size=1)
-    tok_id = TextTokenizer.load(TOKENIZER).id
-    cfg = TrainConfig(
-        model=MODEL, stages=(stage,), checkpoint=CheckpointConfig(dir=str(root)), tokenizer_id=tok_id
-    )
-    entry = {
-        "stage": "vis",
-        "tokenizer_id": tok_id,
-        "tokenizer": TOKENIZER,
-        "seq_len": 512,
-        "rope_theta": 5e4,
-    }
-    return write_checkpoint(str(root), cfg, params, [entry], note="test")
+def ckpt(tmp_path_factory, params, convert_kit) -> str:
+    return convert_kit.checkpoint(tmp_path_factory.mktemp("ck"), MODEL, params, seq_len=512, rope_theta=5e4)
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, ckpt) -> tuple[Path, Path]:
+def exports(tmp_path_factory, ckpt, convert_kit) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("hf")
-    assert _run("export", ckpt, "--format", "hf", "--out", str(root / "one")) == 0
+    assert convert_kit.run("export", ckpt, "--format", "hf", "--out", str(root / "one")) == 0
     assert (
-        _run("export", ckpt, "--format", "hf", "--out", str(root / "many"), "--max-shard-size", "300KB") == 0
+        convert_kit.run("export", ckpt, "--format", "hf", "--out", str(root / "many"), "--max-shard-size", "300KB") == 0
     )
     return root / "one", root / "many"
 
@@ -132,30 +101,30 @@ def test_transformers_loads_the_shards_with_the_single_files_logits(exports):
     assert logits[0].shape == (96, 8000 + 8448) and np.array_equal(logits[0], logits[1])
 
 
-def test_sharded_export_imports_back_exactly(exports, params, tmp_path):
+def test_sharded_export_imports_back_exactly(exports, params, tmp_path, convert_kit):
     from lwmkit.trainer.generate import load_model
 
     _, many = exports
-    assert _run("import", str(many), "--format", "hf", "--out", str(tmp_path / "ck")) == 0
+    assert convert_kit.run("import", str(many), "--format", "hf", "--out", str(tmp_path / "ck")) == 0
     back = load_model(str(tmp_path / "ck" / "import"))
     fa, fb = convert.flatten(back.params), convert.flatten(params)
     assert fa.keys() == fb.keys() and all(np.array_equal(np.asarray(fa[k]), np.asarray(fb[k])) for k in fa)
     assert (back.config.text_vocab_size, back.config.vision_vocab_size) == (8000, 8448)
 
 
-def test_bfloat16_export_rounds_each_weight_once(exports, ckpt, tmp_path):
+def test_bfloat16_export_rounds_each_weight_once(exports, ckpt, tmp_path, convert_kit):
     from lwmkit.trainer.generate import load_model
 
     one, _ = exports
     out = tmp_path / "bf16"
-    assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--dtype", "bfloat16") == 0
+    assert convert_kit.run("export", ckpt, "--format", "hf", "--out", str(out), "--dtype", "bfloat16") == 0
     single, half = load_file(str(one / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert half.keys() == single.keys()
     for k, a in single.items():
         assert half[k].dtype == jnp.bfloat16 and np.array_equal(half[k], a.astype(jnp.bfloat16)), k
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert (out / "model.safetensors").stat().st_size < 0.51 * (one / "model.safetensors").stat().st_size
-    assert _run("import", str(out), "--format", "hf", "--out", str(tmp_path / "ck")) == 0  # back as fp32
+    assert convert_kit.run("import", str(out), "--format", "hf", "--out", str(tmp_path / "ck")) == 0  # back as fp32
     back = convert.flatten(load_model(str(tmp_path / "ck" / "import")).params)
     emb = np.asarray(back["transformer/wte/embedding"])
     assert emb.dtype == np.float32
@@ -164,39 +133,39 @@ def test_bfloat16_export_rounds_each_weight_once(exports, ckpt, tmp_path):
     )
 
 
-def test_overwrite_swaps_single_and_sharded_forms_cleanly(ckpt, tmp_path, capsys):
+def test_overwrite_swaps_single_and_sharded_forms_cleanly(ckpt, tmp_path, capsys, convert_kit):
     out = tmp_path / "hf"
-    assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--max-shard-size", "0.3MB") == 0
-    assert "already holds an exported model" in _refused(
+    assert convert_kit.run("export", ckpt, "--format", "hf", "--out", str(out), "--max-shard-size", "0.3MB") == 0
+    assert "already holds an exported model" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", str(out)
     )
     (out / "model-00001-of-00002.safetensors.tmp-0123abcd").write_bytes(b"torn")  # a killed export's
     (out / "notes.txt.tmp-0123abcd").write_bytes(b"not ours")
-    assert _run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite") == 0
+    assert convert_kit.run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite") == 0
     assert (out / "notes.txt.tmp-0123abcd").exists() and not list(out.glob("model-*"))
     assert not [n for n in os.listdir(out) if re.fullmatch(r"model-.*|.*index\.json", n)]  # no stale shards
     assert (
-        _run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite", "--max-shard-size", "1MB")
+        convert_kit.run("export", ckpt, "--format", "hf", "--out", str(out), "--overwrite", "--max-shard-size", "1MB")
         == 0
     )
     assert not (out / "model.safetensors").exists() and (out / hf_shards.INDEX).exists()
 
 
-def test_bad_options_are_one_line_each(ckpt, tmp_path, capsys):
+def test_bad_options_are_one_line_each(ckpt, tmp_path, capsys, convert_kit):
     out = str(tmp_path / "o")
     for size in ("abc", "0", "-5GB", "5XB", "GB", "0.1B"):
-        line = _refused(capsys, "export", ckpt, "--format", "hf", "--out", out, "--max-shard-size", size)
+        line = convert_kit.refused(capsys, "export", ckpt, "--format", "hf", "--out", out, "--max-shard-size", size)
         assert "--max-shard-size" in line and "is not a size" in line, line
-    assert "unknown dtype 'int8'" in _refused(
+    assert "unknown dtype 'int8'" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "hf", "--out", out, "--dtype", "int8"
     )
-    assert "--max-shard-size goes with --format hf" in _refused(
+    assert "--max-shard-size goes with --format hf" in convert_kit.refused(
         capsys, "export", ckpt, "--format", "lwm", "--out", out, "--max-shard-size", "1GB"
     )
     assert not os.path.exists(out)  # refused before anything was written
 
 
-def test_broken_index_is_refused_on_import(exports, tmp_path, capsys):
+def test_broken_index_is_refused_on_import(exports, tmp_path, capsys, convert_kit):
     import shutil
 
     _, many = exports
@@ -205,14 +174,14 @@ def test_broken_index_is_refused_on_import(exports, tmp_path, capsys):
     index = json.loads((bad / hf_shards.INDEX).read_text())
     first = sorted(set(index["weight_map"].values()))[0]
     (bad / first).unlink()
-    assert f"lists {first}, which is missing" in _refused(
+    assert f"lists {first}, which is missing" in convert_kit.refused(
         capsys, "import", str(bad), "--format", "hf", "--out", str(tmp_path / "ck")
     )
     shutil.copy(many / first, bad / first)
     moved = next(k for k, v in index["weight_map"].items() if v == first)
     index["weight_map"][moved] = sorted(set(index["weight_map"].values()))[1]
     (bad / hf_shards.INDEX).write_text(json.dumps(index))
-    assert "does not hold the tensors the index gives it" in _refused(
+    assert "does not hold the tensors the index gives it" in convert_kit.refused(
         capsys, "import", str(bad), "--format", "hf", "--out", str(tmp_path / "ck")
     )
 
