@@ -100,7 +100,7 @@ def main() -> None:
 
 # needle-data options in the order the bench passes them (the _IF_SET ones only where set)
 _ALWAYS = {"examples": None, "needles-max": 4, "min-fill": 0.3, "repeat-share": 0.0, "far-share": 0.0}
-_IF_SET = {"far-fill": float, "far-depth": float, "needles-min": int}
+_IF_SET = {"far-fill": float, "far-depth": float, "far-needles": int, "needles-min": int}
 
 
 def needle_data_args(path: str, stage: str) -> list[str]:

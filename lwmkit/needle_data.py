@@ -22,7 +22,9 @@ A share of the needle haystacks (``far_share``) can be *far* needles: the haysta
 stage (``[far_fill, 1] * seq_len``) and the needle sits in its first ``far_depth``, so the
 question lies nearly ``seq_len`` tokens after it. Uniform lengths and depths put few needles at
 those distances, and a model trained only on them fails at the edge of its context (at 4K,
-depth 0 %: benchmarks/RESULTS.md, the long-context proof).
+depth 0 %: benchmarks/RESULTS.md, the long-context proof). With several needles, ``far_needles``
+sends only that many of them to the far end and spreads the others over the haystack, the way a
+multi-needle eval asks (one needle at the cell's depth, the others anywhere); 0 sends them all.
 
 Deterministic: the same arguments give the same rows (seeded by ``seed`` and ``seq_len``).
 """
@@ -61,6 +63,7 @@ class NeedleDataConfig:
     far_share: float = 0.0  # share of needle haystacks that are far needles (module docstring)
     far_fill: float = 0.95  # a far needle's haystack fills at least this share of seq_len ...
     far_depth: float = 0.15  # ... and the needle sits in its first far_depth
+    far_needles: int = 0  # how many of a far haystack's needles sit there (0: all; the rest anywhere)
 
     def __post_init__(self) -> None:
         require(self.seq_len >= 128, "seq_len", f"must be >= 128, got {self.seq_len}")
@@ -73,6 +76,20 @@ class NeedleDataConfig:
         require(0.0 <= self.far_share <= 1.0, "far_share", f"must lie in [0, 1], got {self.far_share}")
         require(0.0 < self.far_fill <= 1.0, "far_fill", f"must lie in (0, 1], got {self.far_fill}")
         require(0.0 < self.far_depth <= 1.0, "far_depth", f"must lie in (0, 1], got {self.far_depth}")
+        require(self.far_needles >= 0, "far_needles", f"must be >= 0 (0: all of them), got {self.far_needles}")
+
+
+def needle_depths(rng: np.random.Generator, k: int, far: bool, far_depth: float, far_needles: int = 0) -> np.ndarray:
+    """Depths (shares of the haystack) of ``k`` needles: uniform, or for a far haystack the first
+    ``far_needles`` (0: all) in its first ``far_depth`` and the rest uniform. With ``far_needles`` 0
+    the draws are the ones this module always made, so earlier data sets stay reproducible."""
+    if not far:
+        return rng.uniform(0.0, 1.0, size=k)
+    if far_needles == 0 or far_needles >= k:
+        return rng.uniform(0.0, far_depth, size=k)
+    depths = rng.uniform(0.0, 1.0, size=k)
+    depths[:far_needles] *= far_depth
+    return depths
 
 
 def _qa_cost(tok: TextTokenizer, needles: list[Needle]) -> int:
@@ -173,7 +190,7 @@ def haystack_rows(hay: Haystack, cfg: NeedleDataConfig, index: int) -> list[dict
     floor = fixed(needles) + 128  # prefer some haystack around the needles
     fill = rng.uniform(max(cfg.min_fill, cfg.far_fill), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)
     target = min(cfg.seq_len, max(floor, int(cfg.seq_len * fill)))
-    depths = rng.uniform(0.0, cfg.far_depth if far else 1.0, size=len(needles))
+    depths = needle_depths(rng, len(needles), far, cfg.far_depth, cfg.far_needles)
     start = int(rng.integers(0, len(hay.sentences)))
     chunks = _fit_haystack(hay, needles, list(depths), start, target - head, cfg.chunk_tokens)
     book_id = f"{cfg.source}-{cfg.seq_len}-{index:06d}"

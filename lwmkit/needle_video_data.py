@@ -13,8 +13,8 @@ field, given ``understanding_share: 1.0`` and that prompt (configs/video-needle-
 Lengths are drawn in ``[min_fill, 1]`` of the most frames a ``seq_len`` chat holds, and each
 chat is measured with the pack job's own formatter before it is written, so every example
 fits ``seq_len`` exactly as pack counts it. ``far_share`` of the examples fill at least
-``far_fill`` of the context with their needles in its first ``far_depth`` (the longest
-distances, which uniform depths rarely give). Deterministic in ``seed`` and ``seq_len``.
+``far_fill`` of the context with their needles (``far_needles`` of them; 0: all) in its first
+``far_depth`` (the longest distances, which uniform depths rarely give). Deterministic in ``seed`` and ``seq_len``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lwmkit.needle_data import needle_depths
 from lwmkit.pipelines.pack.formatting import format_vision
 from lwmkit.schemas.errors import ContractError
 from lwmkit.schemas.records import VISION_RECORD, read_table, vision_record_id, write_table
@@ -57,6 +58,7 @@ class VideoNeedleConfig:
     far_share: float = 0.0
     far_fill: float = 0.95
     far_depth: float = 0.15
+    far_needles: int = 0  # how many of a far video's needles sit in its first far_depth (0: all)
 
     def __post_init__(self) -> None:
         require(
@@ -69,6 +71,7 @@ class VideoNeedleConfig:
         require(0.0 <= self.far_share <= 1.0, "far_share", f"must lie in [0, 1], got {self.far_share}")
         require(0.0 < self.far_fill <= 1.0, "far_fill", f"must lie in (0, 1], got {self.far_fill}")
         require(0.0 < self.far_depth <= 1.0, "far_depth", f"must lie in (0, 1], got {self.far_depth}")
+        require(self.far_needles >= 0, "far_needles", f"must be >= 0 (0: all of them), got {self.far_needles}")
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,7 @@ def plan(
     far = cfg.far_share > 0 and np.random.default_rng([cfg.seed, index, 3]).random() < cfg.far_share
     fill = rng.uniform(max(cfg.min_fill, cfg.far_fill), 1.0) if far else rng.uniform(cfg.min_fill, 1.0)
     total = min(most, max(k + 1, int(round(most * fill))))
-    depths = np.sort(
-        rng.uniform(0.0, cfg.far_depth if far else 1.0, size=k)
-    )  # numbers in order of appearance
+    depths = np.sort(needle_depths(rng, k, far, cfg.far_depth, cfg.far_needles))  # numbers in order of appearance
     return Plan(
         index, tuple(numbers), tuple(float(d) for d in depths), int(rng.integers(0, pool_frames)), total - k
     )

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lwmkit.needle_data import REPEAT_QUESTION, NeedleDataConfig, haystack_rows, write_needle_data
+from lwmkit.needle_data import (
+    REPEAT_QUESTION,
+    NeedleDataConfig,
+    haystack_rows,
+    needle_depths,
+    write_needle_data,
+)
 from lwmkit.pipelines.pack.formatting import book_chat_examples
 from lwmkit.schemas.mixture import SourceConfig
 from lwmkit.schemas.records import BOOK_CHUNK, read_table
@@ -114,7 +120,42 @@ def test_far_needles_fill_the_context_and_sit_near_its_start(botchan: str, tok: 
                                                                              needles_max=1, seed=5, far_share=0.0), 3)
 
 
+def test_far_needles_sends_only_that_many_to_the_start(botchan: str, tok: TextTokenizer):
+    """--far-needles 1: one needle of a far haystack sits at its very start, the others anywhere
+    (as the multi-needle eval places them); 0 (the default) keeps every needle at the start."""
+    hay = Haystack(botchan, tok)
+    spec = dict(seq_len=2048, examples=10, needles_min=4, needles_max=4, seed=3, far_share=1.0, far_fill=0.99,
+                far_depth=0.02)
+    near_start = {}
+    for far_needles in (0, 1):
+        cfg = NeedleDataConfig(**spec, far_needles=far_needles)
+        counts = []
+        for i in range(cfg.examples):
+            rows = haystack_rows(hay, cfg, i)
+            text = "".join(r["text"] for r in rows)
+            answers = [p["answer"] for r in rows for p in r["qa"]]
+            assert len(answers) == 4
+            counts.append(sum(text.index(a) < 0.1 * len(text) for a in answers))  # the needles' own text pushes them on
+        near_start[far_needles] = counts
+    assert near_start[0] == [4] * 10
+    assert all(n >= 1 for n in near_start[1]) and sum(near_start[1]) <= 20  # ~1 each; a spread one may land there
+
+
+def test_needle_depths_keep_the_old_draws_by_default():
+    def draw(*args):
+        return needle_depths(np.random.default_rng(7), *args)
+
+    old = np.random.default_rng(7)
+    assert np.array_equal(draw(4, True, 0.1), old.uniform(0.0, 0.1, size=4))  # data made before the option
+    assert np.array_equal(draw(4, True, 0.1, 4), draw(4, True, 0.1))  # as many as there are: all
+    assert np.array_equal(draw(3, False, 0.1, 1), np.random.default_rng(7).uniform(0.0, 1.0, size=3))
+    some = draw(4, True, 0.1, 2)
+    assert (some[:2] <= 0.1).all() and np.array_equal(some[2:], np.random.default_rng(7).uniform(0, 1, 4)[2:])
+
+
 def test_config_is_validated():
+    with pytest.raises(ValueError, match="far_needles"):
+        NeedleDataConfig(seq_len=512, examples=1, far_needles=-1)
     with pytest.raises(ValueError, match="far_share"):
         NeedleDataConfig(seq_len=512, examples=1, far_share=-0.1)
     with pytest.raises(ValueError, match="far_fill"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lwmkit.cli import main
-from lwmkit.needle_video_data import VideoNeedleConfig, build_rows, read_pool
+from lwmkit.needle_video_data import VideoNeedleConfig, build_rows, plan, read_pool
 from lwmkit.pipelines.pack.formatting import format_vision
 from lwmkit.schemas.records import VISION_RECORD, read_table
 from lwmkit.tokenizers import vqgan as vq
@@ -104,6 +104,16 @@ def test_rows_fit_and_hold_their_needles(vision_records: list[str], tok: TextTok
         )
         assert ids.size <= seq_len
     assert chat_tokens(tok, layout, most, rows[0]["caption"]) > 0.9 * seq_len - 300  # some fill the context
+
+
+def test_far_needles_sends_only_that_many_to_the_start(tok: TextTokenizer):
+    layout = tok.vocab_layout()
+    spec = dict(needles_min=3, needles_max=3, far_share=1.0, far_depth=0.05)
+    every = [plan(VideoNeedleConfig(8192, 10, **spec), tok, layout, 100, i).depths for i in range(10)]
+    one = [plan(VideoNeedleConfig(8192, 10, **spec, far_needles=1), tok, layout, 100, i).depths for i in range(10)]
+    assert all(max(d) <= 0.05 for d in every)
+    assert all(min(d) <= 0.05 for d in one) and sum(x > 0.05 for d in one for x in d) >= 15  # the rest spread
+    assert all(list(d) == sorted(d) for d in one)  # numbers still in order of appearance
 
 
 def test_cli_writes_records_pack_consumes(tmp_path: Path, vision_records: list[str], tok: TextTokenizer):

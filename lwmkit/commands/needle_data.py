@@ -21,6 +21,7 @@ def needle_data(
     far_share: float = typer.Option(0.0, "--far-share", help="Share of needle haystacks that are far needles: the haystack fills the context and the needle sits near its start (the longest distances; uniform depths rarely give them)."),
     far_fill: float = typer.Option(0.95, "--far-fill", help="A far needle's haystack fills at least this share of seq-len."),
     far_depth: float = typer.Option(0.15, "--far-depth", help="A far needle sits in the first this share of its haystack."),
+    far_needles: int = typer.Option(0, "--far-needles", help="How many of a far haystack's needles sit near its start; the others go anywhere, as a multi-needle eval places them (0: all)."),
     modality: str = typer.Option("text", "--modality", help="text: needles in book haystacks; video: needle frames in haystacks of vision records."),
     records: str = typer.Option(None, "--records", help="Video: the vision job's records (Parquet glob) the haystacks are cut from."),
     vqgan: str = typer.Option(None, "--vqgan", help="Video: the VQGAN that tokenized --records (default: the shipped one)."),
@@ -45,7 +46,7 @@ def needle_data(
         if book is not None or repeat_share:
             raise typer.BadParameter("--book and --repeat-share are for text needles, not --modality video")
         _video(out, seq_len, examples, records, vqgan, tokenizer, needles_min, needles_max, min_fill, seed, source,
-               far_share, far_fill, far_depth)
+               far_share, far_fill, far_depth, far_needles)
         return
     if records is not None or vqgan is not None:
         raise typer.BadParameter("--records and --vqgan are for --modality video")
@@ -55,7 +56,7 @@ def needle_data(
 
     try:
         cfg = NeedleDataConfig(seq_len, examples, needles_min, needles_max, min_fill, chunk_tokens, seed, source,
-                                repeat_share, far_share, far_fill, far_depth)
+                                repeat_share, far_share, far_fill, far_depth, far_needles)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     if book is None:
@@ -67,12 +68,12 @@ def needle_data(
     with fsspec.open(book, "r", encoding="utf-8", errors="replace") as f:
         text = f.read()
     n = write_needle_data(text, out, cfg, TextTokenizer.load(tokenizer))
-    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}, far share {far_share:g}{f' (fill >= {far_fill:g}, depth <= {far_depth:g})' if far_share else ''}) for seq_len {seq_len} -> {out}")
+    step(f"needle-data: {examples} examples ({n} chunks; repeat share {repeat_share:g}, far share {far_share:g}{_far(far_share, far_fill, far_depth, far_needles)}) for seq_len {seq_len} -> {out}")
 
 
 def _video(out: str, seq_len: int, examples: int, records: str, vqgan: str | None, tokenizer: str | None,
            needles_min: int, needles_max: int, min_fill: float, seed: int, source: str, far_share: float,
-           far_fill: float, far_depth: float) -> None:
+           far_fill: float, far_depth: float, far_needles: int) -> None:
     import fsspec
 
     from lwmkit.needle_video_data import VideoNeedleConfig, write_video_needle_data
@@ -82,7 +83,8 @@ def _video(out: str, seq_len: int, examples: int, records: str, vqgan: str | Non
 
     try:
         cfg = VideoNeedleConfig(seq_len, examples, needles_min, needles_max, min_fill, seed,
-                                "needle-video" if source == "needles" else source, far_share, far_fill, far_depth)
+                                "needle-video" if source == "needles" else source, far_share, far_fill, far_depth,
+                                far_needles)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     fs, _, paths = fsspec.get_fs_token_paths(records)
@@ -90,9 +92,17 @@ def _video(out: str, seq_len: int, examples: int, records: str, vqgan: str | Non
         raise typer.BadParameter(f"--records: no files match {records!r}")
     paths = [fs.unstrip_protocol(p) if "://" in records else p for p in paths]
     n = write_video_needle_data(paths, out, cfg, TextTokenizer.load(tokenizer), vq.load(vqgan))
-    step(f"needle-data: {n} needle videos ({needles_min}-{needles_max} needles, far share {far_share:g}) "
+    step(f"needle-data: {n} needle videos ({needles_min}-{needles_max} needles, far share {far_share:g}"
+         f"{_far(far_share, far_fill, far_depth, far_needles)}) "
          f"for seq_len {seq_len} from {len(paths)} record file(s) -> {out}")
 
 
 def register(app: typer.Typer) -> None:
     app.command("needle-data")(needle_data)
+
+
+def _far(share: float, fill: float, depth: float, needles: int) -> str:
+    """The far-needle settings as the progress line states them ('' when there are none)."""
+    if not share:
+        return ""
+    return f" (fill >= {fill:g}, {needles or 'all'} needle(s) at depth <= {depth:g})"
