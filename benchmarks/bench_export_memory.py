@@ -1,4 +1,5 @@
-"""Peak host memory of ``lwmkit convert export`` (``--format hf`` or another), against the model's fp32 size.
+"""Peak host memory of ``lwmkit convert export`` (``--format hf`` or another), against the model's fp32 size;
+with ``--import``, of ``lwmkit convert import`` of that export too.
 
 Builds a random-init checkpoint through the project's own path (``init_params`` +
 ``write_checkpoint``, as the tests do; a vision model with LWM's 8448-id vision vocabulary),
@@ -10,6 +11,7 @@ before the streaming export, and checks that both wrote the same tensors bit for
     python benchmarks/bench_export_memory.py --baseline 184d725      # 186M params, ~1 min here
     python benchmarks/bench_export_memory.py --d-model 2048 --layers 16 --max-shard-size 1GB   # bigger
     python benchmarks/bench_export_memory.py --format llama-hf --baseline 79b170b   # text-only LLaMA / lwm formats
+    python benchmarks/bench_export_memory.py --import --baseline f9f51bf   # import too (lazy safetensors reads)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from lwmkit.cli import main
 floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t = time.perf_counter()
 try:
-    main(["convert", "export", *sys.argv[2:]])
+    main(["convert", *sys.argv[2:]])
 except SystemExit as ex:
     assert not ex.code, ex.code
 print(json.dumps({"floor": floor, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -63,13 +65,17 @@ FORMAT_ARGS = {"hf": ["--no-tokenizer"], "llama-hf": ["--text-only"], "llama-met
 
 
 def export(code: Path, ckpt: str, out: Path, fmt: str, *extra: str) -> dict:
-    args = [ckpt, "--format", fmt, "--out", str(out), *FORMAT_ARGS[fmt], *extra]
+    return convert(code, out, "export", ckpt, "--format", fmt, "--out", str(out), *FORMAT_ARGS[fmt], *extra)
+
+
+def convert(code: Path, out: Path, *args: str) -> dict:
+    """``lwmkit convert *args`` with ``code`` in a fresh process: its peak RSS and wall time."""
     # cwd: a neutral folder (`python -c` puts the cwd first on sys.path: run from the repository,
     # its lwmkit/ would shadow the baseline's)
     done = subprocess.run([sys.executable, "-c", CHILD, str(code), *args], capture_output=True, text=True,
                           cwd=out.parent)  # fmt: skip
     if done.returncode:
-        sys.exit(f"export with {code} failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"convert {args[0]} with {code} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -99,6 +105,19 @@ def same_tensors(a: Path, b: Path) -> bool:
     return True
 
 
+def same_checkpoints(a: Path, b: Path) -> bool:
+    """Two imported checkpoints hold the same parameters, compared a tensor at a time."""
+    import numpy as np
+
+    sys.path.append(str(ROOT))
+    from lwmkit.trainer.stored_params import StoredParams
+
+    pa, pb = StoredParams(str(a)), StoredParams(str(b))
+    return pa.shapes.keys() == pb.shapes.keys() and all(
+        np.array_equal(pa(k), pb(k)) for k in pa.shapes
+    )
+
+
 def row(name: str, r: dict, model_bytes: int) -> str:
     gb = 1e9
     return (
@@ -116,7 +135,12 @@ def main() -> None:
     )
     ap.add_argument("--format", default="hf", choices=sorted(FORMAT_ARGS), help="Export format (LLaMA ones: --text-only).")
     ap.add_argument("--baseline", help="A git revision whose export to measure too (e.g. 184d725).")
+    ap.add_argument(
+        "--import", dest="import_", action="store_true", help="Also measure `convert import` of the export."
+    )
     args = ap.parse_args()
+    if args.import_ and args.format == "lwm":
+        sys.exit("--import: the safetensors formats (an lwm file is read by msgpack, not lazily)")
     with tempfile.TemporaryDirectory(prefix="lwmkit-bench-export-") as tmp:
         tmp_path = Path(tmp)
         ckpt = str(tmp_path / "ck")
@@ -147,6 +171,16 @@ def main() -> None:
             )
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
             runs[f"before ({args.baseline})"] = export(base, ckpt + "/bench", tmp_path / "old", fmt)
+        if args.import_:
+            back = ["--format", fmt, "--no-tokenizer"]
+            runs["import, this tree"] = convert(ROOT, tmp_path / "new", "import", str(tmp_path / "new"), *back,
+                                                "--out", str(tmp_path / "in-new"))
+            if args.baseline:
+                runs[f"import before ({args.baseline})"] = convert(base, tmp_path / "new", "import",
+                                                                    str(tmp_path / "new"), *back,
+                                                                    "--out", str(tmp_path / "in-old"))
+                print(f"same imported parameters as {args.baseline}'s import: "
+                      f"{same_checkpoints(tmp_path / 'in-new' / 'import', tmp_path / 'in-old' / 'import')}")
             print(
                 f"same tensors as {args.baseline}'s export: {same_tensors(tmp_path / 'old', tmp_path / 'new')}"
             )
@@ -160,10 +194,12 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for name, r in runs.items():
             print(row(name, r, model_bytes))
-        if args.baseline:
-            old, new = runs[next(k for k in runs if k.startswith("before"))], runs[f"{fmt}, this tree"]
+        pairs = [(f"{fmt}, this tree", f"before ({args.baseline})", "export")]
+        pairs += [("import, this tree", f"import before ({args.baseline})", "import")] if args.import_ else []
+        for now, then, what in pairs if args.baseline else ():
+            old, new = runs[then], runs[now]
             print(
-                f"\npeak RSS after / before: {new['peak'] / old['peak']:.2f}; above the import floor: "
+                f"\n{what}: peak RSS after / before: {new['peak'] / old['peak']:.2f}; above the import floor: "
                 f"{(new['peak'] - new['floor']) / (old['peak'] - old['floor']):.3f}"
             )
 

@@ -18,7 +18,7 @@ safetensors), and the text -> vision step.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from lwmkit.schemas import ContractError, ModelConfig
+from lwmkit.trainer.hf_shards import SafetensorsFiles
 
 VISION_KEYS = ("transformer/vte/embedding", "vision_head/kernel")
 Tree = dict[str, Any]
@@ -184,7 +185,7 @@ def to_llama_tensor(ours: str, w: Any, model: ModelConfig, layout: Layout = "hf"
     return np.ascontiguousarray(w)
 
 
-def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layout = "hf", *, source: str = "") -> Tree:
+def from_llama(tensors: Mapping[str, np.ndarray], model: ModelConfig, layout: Layout = "hf", *, source: str = "") -> Tree:
     """Inverse of :func:`to_llama`: text params (no vision parameters) for ``model``."""
     from lwmkit.trainer.model import param_shapes
 
@@ -210,14 +211,12 @@ def from_llama(tensors: dict[str, np.ndarray], model: ModelConfig, layout: Layou
     return params
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Every tensor of one ``.safetensors`` file, or of a folder's: the shards its
+def read_safetensors(path: str) -> SafetensorsFiles:
+    """The tensors of one ``.safetensors`` file, or of a folder's: the shards its
     ``model.safetensors.index.json`` lists (each must hold exactly the tensors the index gives
-    it), else every ``*.safetensors`` in it. A tensor in two files is refused (which one holds it?)."""
+    it), else every ``*.safetensors`` in it. A tensor in two files is refused (which one holds it?).
+    Only headers are read here; each tensor is read when asked for (:class:`SafetensorsFiles`)."""
     import glob
-
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     from lwmkit.trainer.hf_shards import indexed_files
 
@@ -228,19 +227,11 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         files = sorted(glob.glob(os.path.join(path, "*.safetensors"))) if os.path.isdir(path) else [path]
     if not files:
         raise ContractError("no .safetensors files (pickled .pth/.bin files are refused)", source=path)
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        try:
-            got = load_file(f)
-        except (SafetensorError, OSError) as err:
-            raise ContractError(f"is not a readable safetensors file ({err})", source=f) from None
-        if indexed is not None and set(got) != set(indexed[f]):
-            odd = sorted(set(got) ^ set(indexed[f]))
+    tensors, names = SafetensorsFiles.open(files)
+    for f in files if indexed is not None else ():
+        if set(names[f]) != set(indexed[f]):
+            odd = sorted(set(names[f]) ^ set(indexed[f]))
             raise ContractError(f"does not hold the tensors the index gives it ({', '.join(odd[:3])} ...)", source=f)
-        twice = sorted(tensors.keys() & got.keys())
-        if twice:
-            raise ContractError(f"holds {', '.join(twice[:3])}, which another .safetensors file holds too", source=f)
-        tensors.update(got)
     return tensors
 
 

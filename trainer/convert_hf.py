@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -88,25 +88,28 @@ def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:
 
 
 def split_vision(
-    tensors: dict[str, np.ndarray], text_vocab: int, vision_vocab: int, source: str = ""
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(text tensors, {vision param path: array})`` of an exported vision model."""
-    out = dict(tensors)
+    tensors: MutableMapping[str, np.ndarray], text_vocab: int, vision_vocab: int, source: str = ""
+) -> tuple[MutableMapping[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(text tensors, {vision param path: array})`` of an exported vision model (``tensors``,
+    a dict or a lazily read :class:`~lwmkit.trainer.hf_shards.SafetensorsFiles`, is not changed)."""
+    out = tensors.copy()
+    full = {}
     for name in (EMBED, HEAD):
         if name not in out:
             raise ContractError("tensor is missing", field=name, source=source)
-        if out[name].shape[0] != text_vocab + vision_vocab:
+        full[name] = out[name]  # read once
+        if full[name].shape[0] != text_vocab + vision_vocab:
             raise ContractError(
-                f"has {out[name].shape[0]} rows; config.json's {RECORD} says {text_vocab} text + "
+                f"has {full[name].shape[0]} rows; config.json's {RECORD} says {text_vocab} text + "
                 f"{vision_vocab} vision ids",
                 field=name,
                 source=source,
             )
     vision = {
-        convert.VISION_KEYS[0]: np.asarray(out[EMBED][text_vocab:], np.float32),
-        convert.VISION_KEYS[1]: np.ascontiguousarray(np.asarray(out[HEAD][text_vocab:], np.float32).T),
+        convert.VISION_KEYS[0]: np.asarray(full[EMBED][text_vocab:], np.float32),
+        convert.VISION_KEYS[1]: np.ascontiguousarray(np.asarray(full[HEAD][text_vocab:], np.float32).T),
     }
-    out[EMBED], out[HEAD] = out[EMBED][:text_vocab], out[HEAD][:text_vocab]
+    out[EMBED], out[HEAD] = full[EMBED][:text_vocab], full[HEAD][:text_vocab]
     return out, vision
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -197,3 +198,88 @@ def indexed_files(folder: str) -> dict[str, list[str]] | None:
         if not os.path.isfile(shard):
             raise ContractError(f"lists {os.path.basename(shard)}, which is missing", source=path)
     return files
+
+
+class SafetensorsFiles(MutableMapping):
+    """The tensors of one or more ``.safetensors`` files, read one at a time when asked.
+
+    Only the headers are read up front (names, shapes, that each file is a safetensors file); a
+    tensor's bytes are read on ``[name]``, so an import holds the converted model and one source
+    tensor, not both models. Assigned names (an alias, a sliced tensor) shadow the files' own.
+    """
+
+    def __init__(self, where: dict[str, str], shapes: dict[str, tuple[int, ...]]):
+        self._where, self._shapes = where, shapes
+        self._set: dict[str, Any] = {}
+        self._gone: set[str] = set()
+
+    @classmethod
+    def open(cls, files: list[str]) -> tuple[SafetensorsFiles, dict[str, list[str]]]:
+        """The tensors of ``files`` and ``{file: its names}``; a name in two files is refused."""
+        from safetensors import SafetensorError, safe_open
+
+        where: dict[str, str] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        names: dict[str, list[str]] = {}
+        for f in files:
+            try:
+                with safe_open(f, framework="numpy") as h:
+                    names[f] = list(h.keys())
+                    got = {n: tuple(h.get_slice(n).get_shape()) for n in names[f]}
+            except (SafetensorError, OSError) as err:
+                raise ContractError(f"is not a readable safetensors file ({err})", source=f) from None
+            twice = sorted(where.keys() & got.keys())
+            if twice:
+                raise ContractError(
+                    f"holds {', '.join(twice[:3])}, which another .safetensors file holds too", source=f
+                )
+            where.update(dict.fromkeys(got, f))
+            shapes.update(got)
+        return cls(where, shapes), names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape without reading it."""
+        if name in self._set:
+            return tuple(np.shape(self._set[name]))
+        if name in self._gone or name not in self._shapes:
+            raise KeyError(name)
+        return self._shapes[name]
+
+    def copy(self) -> SafetensorsFiles:
+        out = SafetensorsFiles(self._where, self._shapes)
+        out._set, out._gone = dict(self._set), set(self._gone)
+        return out
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._set:
+            return self._set[name]
+        if name in self._gone or name not in self._where:
+            raise KeyError(name)
+        from safetensors import SafetensorError, safe_open
+
+        path = self._where[name]
+        try:
+            with safe_open(path, framework="numpy") as h:
+                return h.get_tensor(name)
+        except (SafetensorError, OSError) as err:
+            raise ContractError(f"cannot read tensor {name} ({err})", source=path) from None
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._set[name] = value
+        self._gone.discard(name)
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._set.pop(name, None)
+        self._gone.add(name)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (n for n in self._where if n not in self._gone and n not in self._set)
+        yield from self._set
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._set or (name in self._where and name not in self._gone)

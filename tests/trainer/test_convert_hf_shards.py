@@ -246,3 +246,35 @@ def test_float16_refuses_weights_it_cannot_hold(tmp_path):
     assert load_file(hf_shards.write_folder(str(tmp_path), ok, 10**9, {})[0])["w"].tolist() == [
         [0.5, 35008.0]
     ]
+
+
+def test_safetensors_are_read_a_tensor_at_a_time(tmp_path):
+    """``read_safetensors`` reads headers only: names and shapes up front, each tensor's bytes when
+    asked (an import then holds the converted model and one source tensor, not both models);
+    assigned names shadow the files' and a copy keeps its own; truncated files and a tensor held by
+    two files are refused by name."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3)}, str(folder / "x.safetensors"))
+    save_file({"b": np.ones(4, np.float32)}, str(folder / "y.safetensors"))
+    tensors = convert.read_safetensors(str(folder))
+    assert sorted(tensors) == ["a", "b"] and tensors.shape("a") == (2, 3) and "c" not in tensors
+    # the bytes are read on access: change them on disk after opening and the new values come back
+    save_file({"b": np.full(4, 7.0, np.float32)}, str(folder / "y.safetensors"))
+    assert tensors["b"].tolist() == [7.0] * 4
+    other = tensors.copy()
+    other["b"] = tensors["a"][0]
+    del other["a"]
+    assert sorted(other) == ["b"] and other["b"].tolist() == [0.0, 1.0, 2.0] and other.shape("b") == (3,)
+    assert sorted(tensors) == ["a", "b"] and tensors["b"].tolist() == [7.0] * 4  # the original is untouched
+    with pytest.raises(KeyError):
+        other["a"]
+    save_file({"a": np.zeros(1, np.float32)}, str(folder / "z.safetensors"))
+    with pytest.raises(ContractError, match="which another .safetensors file holds too"):
+        convert.read_safetensors(str(folder))
+    data = (folder / "x.safetensors").read_bytes()
+    (folder / "z.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ContractError, match="z.safetensors: is not a readable safetensors file"):
+        convert.read_safetensors(str(folder))
