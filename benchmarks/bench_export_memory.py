@@ -171,6 +171,9 @@ def main() -> None:
             )
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
             runs[f"before ({args.baseline})"] = export(base, ckpt + "/bench", tmp_path / "old", fmt)
+            print(
+                f"same tensors as {args.baseline}'s export: {same_tensors(tmp_path / 'old', tmp_path / 'new')}"
+            )
         if args.import_:
             back = ["--format", fmt, "--no-tokenizer"]
             runs["import, this tree"] = convert(ROOT, tmp_path / "new", "import", str(tmp_path / "new"), *back,
@@ -181,9 +184,6 @@ def main() -> None:
                                                                     "--out", str(tmp_path / "in-old"))
                 print(f"same imported parameters as {args.baseline}'s import: "
                       f"{same_checkpoints(tmp_path / 'in-new' / 'import', tmp_path / 'in-old' / 'import')}")
-            print(
-                f"same tensors as {args.baseline}'s export: {same_tensors(tmp_path / 'old', tmp_path / 'new')}"
-            )
         if (tmp_path / "sharded").exists():
             print(
                 f"sharded export holds the same tensors: {same_tensors(tmp_path / 'sharded', tmp_path / 'new')}"

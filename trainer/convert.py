@@ -113,7 +113,25 @@ def save_lwm(params: Tree | Iterable[tuple[str, Any]], path: str) -> None:
     items = flatten(params).items() if isinstance(params, dict) else params
     with fsspec.open(path, "wb") as f:
         for key, value in items:
-            f.write(packer.pack((["params", *key.split("/")], to_bytes(np.asarray(value)))))
+            payload = to_bytes(np.asarray(value))
+            # the bytes packer.pack((key, payload)) makes, framed by hand: no copy of the payload
+            f.write(packer.pack_array_header(2) + packer.pack(["params", *key.split("/")]))
+            f.write(_bin_header(len(payload)))
+            f.write(payload)
+            del payload
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of an ``n``-byte bin object (what ``Packer.pack(bytes)`` writes before the bytes)."""
+    import struct
+
+    if n < 1 << 8:
+        return b"\xc4" + struct.pack(">B", n)
+    if n < 1 << 16:
+        return b"\xc5" + struct.pack(">H", n)
+    if n < 1 << 32:
+        return b"\xc6" + struct.pack(">I", n)
+    raise ValueError(f"a {n}-byte tensor record exceeds msgpack's 4 GiB bin limit")
 
 
 # ---------------------------------------------------------------- LLaMA (HF and Meta names)
