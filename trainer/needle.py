@@ -265,7 +265,7 @@ def plot_heatmap(report: NeedleReport, path: str, title: str | None = None, *, d
     im = ax.imshow(acc, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     ticks = [_k(n) for n in report.lengths]
     if report.frames:  # video: the frames each length holds
-        ticks = [f"{t} ({f} fr)" for t, f in zip(ticks, report.frames, strict=True)]
+        ticks = [f"{t}\n({f} fr)" for t, f in zip(ticks, report.frames, strict=True)]  # two lines: no overlap
     ax.set_xticks(range(len(report.lengths)), ticks)
     ax.set_yticks(range(len(report.depths)), [f"{d:g}%" for d in report.depths])
     ax.set_xlabel("context length, tokens (frames)" if report.frames else "context length (tokens)")
