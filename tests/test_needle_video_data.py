@@ -210,7 +210,7 @@ def test_bad_inputs_are_refused(tmp_path: Path, vision_records: list[str]):
 
 def test_proof_configs_match_the_format(tok: TextTokenizer):
     """configs/video-needle-proof/: the mixture asks the eval's question; each stage's seq_len
-    holds its frames (3 / 16, long on to 32 / 64; tiny 4 / 8); every stage has its needle data
+    holds its frames (3 / 16 x 3, long on to 32 / 64; tiny 4 / 8); every stage has its needle data
     and the long recipe starts with the proof's stages (it goes on from their checkpoints)."""
     import yaml
 
@@ -222,8 +222,8 @@ def test_proof_configs_match_the_format(tok: TextTokenizer):
     mixture = load_config(MixtureConfig, str(root / "mixture.yaml"))
     assert mixture.sources[0].prompt == QUESTION and mixture.sources[0].understanding_share == 1.0
     stages = {}
-    for train, needles, frames in (("train.yaml", "needles.yaml", [3, 16]),
-                                   ("train-long.yaml", "needles.yaml", [3, 16, 32, 64, 64]),
+    for train, needles, frames in (("train.yaml", "needles.yaml", [3, 16, 16, 16]),
+                                   ("train-long.yaml", "needles.yaml", [3, 16, 16, 16, 32, 64, 64]),
                                    ("train-tiny.yaml", "needles-tiny.yaml", [4, 8])):  # fmt: skip
         cfg = load_config(TrainConfig, str(root / train))
         assert frames_per_length(tok, tuple(s.seq_len for s in cfg.stages), 1) == frames
@@ -233,7 +233,7 @@ def test_proof_configs_match_the_format(tok: TextTokenizer):
         stages[train] = cfg.stages
     long_data = yaml.safe_load((root / "needles.yaml").read_text())["stages"]
     assert set(long_data) == {s.name for s in stages["train-long.yaml"]}
-    assert stages["train-long.yaml"][:2] == stages["train.yaml"]
+    assert stages["train-long.yaml"][: len(stages["train.yaml"])] == stages["train.yaml"]
 
 
 def test_needles_need_the_records_vqgan(vision_records: list[str], tok: TextTokenizer, vqgan):
