@@ -168,3 +168,25 @@ def test_config_is_validated():
         NeedleDataConfig(seq_len=512, examples=1, needles_min=3, needles_max=2)
     with pytest.raises(ValueError, match="seq_len"):
         NeedleDataConfig(seq_len=16, examples=1)
+
+
+def test_cli_far_needles(tmp_path: Path, capsys):
+    """`lwmkit needle-data --far-needles`: passed through to the data (other rows than the default's) and named
+    in the progress line; a negative count is refused by name."""
+    from lwmkit.cli import main
+
+    def run(*extra: str) -> list[dict]:
+        out = tmp_path / f"n{len(list(tmp_path.iterdir()))}.parquet"
+        main(["needle-data", "--seq-len", "1024", "--examples", "3", "--needles-min", "3", "--needles-max", "3",
+              "--far-share", "1", "--out", str(out), *extra])
+        return read_table(str(out), BOOK_CHUNK).to_pylist()
+
+    every = run()
+    capsys.readouterr()
+    one = run("--far-needles", "1")
+    said = capsys.readouterr()
+    assert "1 needle(s) at depth <= 0.15" in said.err + said.out
+    assert every != one and every == run("--far-needles", "0")
+    with pytest.raises(SystemExit) as err:
+        run("--far-needles", "-1")
+    assert err.value.code == 2 and "far_needles" in capsys.readouterr().err
