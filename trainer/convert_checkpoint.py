@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,7 @@ def _read_llama_hf(src: Source) -> Loaded:
         from lwmkit.runtime.progress import warn
 
         warn(f"config.json sets rope_scaling {hf['rope_scaling']}; lwmkit's RoPE is unscaled (theta only)")
-    tensors = convert.read_safetensors(src.path)
+    tensors = ChainMap({}, convert.read_safetensors(src.path))  # renames and slices go in front
     split = convert_hf.vocab_split(hf, os.path.join(folder, "config.json"))
     vision: dict[str, np.ndarray] = {}
     if split is not None:  # an lwmkit export: the single vocabulary is text ids then vision ids
@@ -279,7 +280,8 @@ def import_checkpoint(src: Source, out: str, *, stage_name: str = "import", over
         step("text-only weights: recorded as a model with vision_vocab_size 0 (a vision stage needs add_vision: true)")
     seq_len, theta = _context(src, loaded)
     tok = _tokenizer(src, model)
-    n = sum(int(np.prod(np.shape(v))) for v in convert.flatten(params).values())
+    flat = convert.flatten(params)
+    n = sum(int(np.prod(np.shape(v))) for v in flat.values())
     step(f"{n:,} parameters: d_model {model.d_model}, {model.n_layers} layers, {model.n_heads} heads "
          f"({model.kv_heads} kv), vocab {model.text_vocab_size}+{model.vision_vocab_size}; context {seq_len}, "
          f"RoPE theta {theta:g}")
@@ -289,7 +291,6 @@ def import_checkpoint(src: Source, out: str, *, stage_name: str = "import", over
     entry = {"stage": stage_name, "imported_from": os.path.abspath(src.path) if "://" not in src.path else src.path,
              "format": src.format, "tokenizer_id": tok.id if tok else None, "tokenizer": tok.path if tok else None,
              "seq_len": seq_len, "rope_theta": theta}
-    flat = convert.flatten(params)
     del loaded, params  # the flat dict holds the only references: each host array goes as its copy is made
     path = write_checkpoint(out, cfg, _as_device_arrays(flat), [entry], note=f"imported from {src.path} ({src.format})")
     step(f"wrote {path}/final/0")

@@ -90,8 +90,8 @@ def to_hf(params: convert.Tree, model: ModelConfig) -> dict[str, np.ndarray]:
 def split_vision(
     tensors: MutableMapping[str, np.ndarray], text_vocab: int, vision_vocab: int, source: str = ""
 ) -> tuple[MutableMapping[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(text tensors, {vision param path: array})`` of an exported vision model (``tensors``,
-    a dict or a lazily read :class:`~lwmkit.trainer.hf_shards.SafetensorsFiles`, is not changed)."""
+    """``(text tensors, {vision param path: array})`` of an exported vision model (``tensors``, a
+    dict or a ``ChainMap`` over lazily read safetensors, is not changed)."""
     out = tensors.copy()
     full = {}
     for name in (EMBED, HEAD):

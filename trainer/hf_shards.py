@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -200,18 +199,17 @@ def indexed_files(folder: str) -> dict[str, list[str]] | None:
     return files
 
 
-class SafetensorsFiles(MutableMapping):
+class SafetensorsFiles(Mapping):
     """The tensors of one or more ``.safetensors`` files, read one at a time when asked.
 
     Only the headers are read up front (names, shapes, that each file is a safetensors file); a
     tensor's bytes are read on ``[name]``, so an import holds the converted model and one source
-    tensor, not both models. Assigned names (an alias, a sliced tensor) shadow the files' own.
+    tensor, not both models. Read-only: a caller that renames or slices tensors puts a
+    ``collections.ChainMap({}, files)`` in front.
     """
 
     def __init__(self, where: dict[str, str], shapes: dict[str, tuple[int, ...]]):
         self._where, self._shapes = where, shapes
-        self._set: dict[str, Any] = {}
-        self._gone: set[str] = set()
 
     @classmethod
     def open(cls, files: list[str]) -> tuple[SafetensorsFiles, dict[str, list[str]]]:
@@ -239,22 +237,9 @@ class SafetensorsFiles(MutableMapping):
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape without reading it."""
-        if name in self._set:
-            return tuple(np.shape(self._set[name]))
-        if name in self._gone or name not in self._shapes:
-            raise KeyError(name)
         return self._shapes[name]
 
-    def copy(self) -> SafetensorsFiles:
-        out = SafetensorsFiles(self._where, self._shapes)
-        out._set, out._gone = dict(self._set), set(self._gone)
-        return out
-
     def __getitem__(self, name: str) -> np.ndarray:
-        if name in self._set:
-            return self._set[name]
-        if name in self._gone or name not in self._where:
-            raise KeyError(name)
         from safetensors import SafetensorError, safe_open
 
         path = self._where[name]
@@ -264,22 +249,11 @@ class SafetensorsFiles(MutableMapping):
         except (SafetensorError, OSError) as err:
             raise ContractError(f"cannot read tensor {name} ({err})", source=path) from None
 
-    def __setitem__(self, name: str, value: Any) -> None:
-        self._set[name] = value
-        self._gone.discard(name)
-
-    def __delitem__(self, name: str) -> None:
-        if name not in self:
-            raise KeyError(name)
-        self._set.pop(name, None)
-        self._gone.add(name)
-
     def __iter__(self) -> Iterator[str]:
-        yield from (n for n in self._where if n not in self._gone and n not in self._set)
-        yield from self._set
+        return iter(self._where)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self)
+        return len(self._where)
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._set or (name in self._where and name not in self._gone)
+    def __contains__(self, name: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return name in self._where
