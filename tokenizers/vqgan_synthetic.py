@@ -44,28 +44,31 @@ def load_font(name: str, size: int):
     return ImageFont.truetype(str(_font_path(name)), size)
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    """A random colour, half the time saturated (each channel 0 or 255), else uniform."""
+def _colour(rng: np.random.Generator, grey_share: float = 0.0) -> np.ndarray:
+    """A random colour: a neutral grey (r = g = b) with probability ``grey_share``, else half the time
+    saturated (each channel 0 or 255) and half uniform. ``grey_share`` 0 draws exactly as before it existed."""
+    if grey_share > 0 and rng.random() < grey_share:
+        return np.full(3, rng.integers(0, 256), np.uint8)
     if rng.random() < 0.5:
         return rng.choice([0, 255], 3).astype(np.uint8)
     return rng.integers(0, 256, 3).astype(np.uint8)
 
 
-def _solid(rng: np.random.Generator, size: int) -> np.ndarray:
-    return np.broadcast_to(_colour(rng), (size, size, 3)).copy()
+def _solid(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
+    return np.broadcast_to(colour(), (size, size, 3)).copy()
 
 
-def _bars(rng: np.random.Generator, size: int) -> np.ndarray:
+def _bars(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
     n = int(rng.integers(2, 12))
-    colours = np.stack([_colour(rng) for _ in range(n)])
+    colours = np.stack([colour() for _ in range(n)])
     index = np.minimum(np.arange(size) * n // size, n - 1)
     row = colours[index]  # [size, 3]
     frame = np.broadcast_to(row[None], (size, size, 3))
     return np.ascontiguousarray(frame if rng.random() < 0.5 else frame.transpose(1, 0, 2))
 
 
-def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
-    a, b = _colour(rng).astype(np.float64), _colour(rng).astype(np.float64)
+def _gradient(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
+    a, b = colour().astype(np.float64), colour().astype(np.float64)
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
     angle = rng.uniform(0, 2 * np.pi)
     t = np.cos(angle) * xx + np.sin(angle) * yy
@@ -73,46 +76,46 @@ def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.round(a + t[..., None] * (b - a)).astype(np.uint8)
 
 
-def _checker(rng: np.random.Generator, size: int) -> np.ndarray:
+def _checker(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
     cell = int(rng.choice([2, 4, 8, 16, 32, 64]))
-    a, b = _colour(rng), _colour(rng)
+    a, b = colour(), colour()
     yy, xx = np.mgrid[0:size, 0:size]
     mask = ((yy // cell + xx // cell) % 2).astype(bool)
     return np.where(mask[..., None], a, b).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    return _solid(rng, size) if rng.random() < 0.6 else _gradient(rng, size)
+def _background(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
+    return _solid(rng, size, colour) if rng.random() < 0.6 else _gradient(rng, size, colour)
 
 
-def _shapes(rng: np.random.Generator, size: int) -> np.ndarray:
+def _shapes(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    img = Image.fromarray(_background(rng, size))
+    img = Image.fromarray(_background(rng, size, colour))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 9))):
         x0, y0 = rng.integers(-size // 4, size, 2)
         w, h = rng.integers(8, size // 2, 2)
         box = [int(x0), int(y0), int(x0 + w), int(y0 + h)]
-        fill = tuple(int(c) for c in _colour(rng))
+        fill = tuple(int(c) for c in colour())
         (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=fill)
     return np.asarray(img, np.uint8)
 
 
-def _contrasting(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
+def _contrasting(colour: Callable[[], np.ndarray], background: np.ndarray) -> tuple[int, int, int]:
     """A colour at least ~100 grey levels away from the background's mean, so text stays readable."""
     mean = background.reshape(-1, 3).mean(0)
     for _ in range(20):
-        c = _colour(rng)
+        c = colour()
         if np.abs(c.astype(np.float64) - mean).sum() > 200:
             break
     return tuple(int(v) for v in c)
 
 
-def _text(rng: np.random.Generator, size: int) -> np.ndarray:
+def _text(rng: np.random.Generator, size: int, colour: Callable[[], np.ndarray]) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    background = _background(rng, size)
+    background = _background(rng, size, colour)
     img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)
     y = int(rng.integers(-8, 16))
@@ -121,34 +124,40 @@ def _text(rng: np.random.Generator, size: int) -> np.ndarray:
         font = load_font(str(rng.choice(FONT_FILES)), px)
         n_words = int(rng.integers(1, 6))
         words = " ".join("".join(rng.choice(list(_GLYPHS), int(rng.integers(1, 9)))) for _ in range(n_words))
-        draw.text((int(rng.integers(-8, 24)), y), words, fill=_contrasting(rng, background), font=font)
+        draw.text((int(rng.integers(-8, 24)), y), words, fill=_contrasting(colour, background), font=font)
         y += int(px * rng.uniform(1.1, 1.6))
     return np.asarray(img, np.uint8)
 
 
-_MAKERS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+_MAKERS: dict[str, Callable[[np.random.Generator, int, Callable[[], np.ndarray]], np.ndarray]] = {
     "solid": _solid, "bars": _bars, "gradient": _gradient, "checker": _checker, "shapes": _shapes, "text": _text,
 }  # fmt: skip
 
 
-def synthetic_frame(kind: str, seed: int, index: int, size: int = 256) -> np.ndarray:
-    """One rendered frame of ``kind`` (one of :data:`KINDS`) -> uint8 [size, size, 3]; a pure function of its args."""
+def synthetic_frame(kind: str, seed: int, index: int, size: int = 256, grey_share: float = 0.0) -> np.ndarray:
+    """One rendered frame of ``kind`` (one of :data:`KINDS`) -> uint8 [size, size, 3]; a pure function of its args.
+
+    ``grey_share``: the probability that each random colour is a neutral grey (0 = the original draws).
+    """
     if kind not in _MAKERS:
         raise ValueError(f"unknown synthetic frame kind {kind!r}; expected one of {', '.join(KINDS)}")
     if size < 16:
         raise ValueError(f"synthetic frames need size >= 16, got {size}")
-    return _MAKERS[kind](np.random.default_rng([seed, KINDS.index(kind), index]), size)
+    if not 0.0 <= grey_share <= 1.0:
+        raise ValueError(f"synthetic frames need grey_share in [0, 1], got {grey_share}")
+    rng = np.random.default_rng([seed, KINDS.index(kind), index])
+    return _MAKERS[kind](rng, size, lambda: _colour(rng, grey_share))
 
 
 def synthetic_frames(
-    n: int, seed: int = 0, size: int = 256, kinds: tuple[str, ...] = KINDS
+    n: int, seed: int = 0, size: int = 256, kinds: tuple[str, ...] = KINDS, grey_share: float = 0.0
 ) -> list[np.ndarray]:
     """``n`` rendered frames cycling through ``kinds`` -> list of uint8 [size, size, 3]; deterministic per seed."""
     if n < 0:
         raise ValueError(f"synthetic_frames needs n >= 0, got {n}")
     if not kinds:
         raise ValueError("synthetic_frames needs at least one kind")
-    return [synthetic_frame(kinds[i % len(kinds)], seed, i // len(kinds), size) for i in range(n)]
+    return [synthetic_frame(kinds[i % len(kinds)], seed, i // len(kinds), size, grey_share) for i in range(n)]
 
 
 # ---------------------------------------------------------------- fixed probes for evaluation

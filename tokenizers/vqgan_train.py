@@ -51,6 +51,7 @@ class VQGANTrainConfig:
     store_dtype: str = "float16"  # checkpoint storage: float16 halves the shipped file
     synthetic_frames: int = 0  # rendered frames (tokenizers/vqgan_synthetic.py) added to the pool, 0 = none
     synthetic_share: float = 0.0  # share of each batch's crops drawn from the rendered frames
+    synthetic_grey_share: float = 0.0  # share of the rendered frames' random colours that are neutral greys
     large_crop_every: int = 0  # every k-th step: batch // 4 full-resolution crops (0 = never)
     init_from: str = ""  # start from this checkpoint's params (same shapes) instead of a fresh init
     checkpoint_every: int = 0  # also write ``out`` every k steps (a cut-off run keeps its gains)
@@ -77,6 +78,10 @@ class VQGANTrainConfig:
         if not 0.0 <= self.synthetic_share < 1.0 or (self.synthetic_share > 0) != (self.synthetic_frames > 0):
             raise ValueError(f"VQGANTrainConfig.synthetic_share must be in [0, 1) and > 0 exactly when "
                              f"synthetic_frames > 0, got {self.synthetic_share} with {self.synthetic_frames}")  # fmt: skip
+        if not 0.0 <= self.synthetic_grey_share <= 1.0:
+            raise ValueError(
+                f"VQGANTrainConfig.synthetic_grey_share must be in [0, 1], got {self.synthetic_grey_share}"
+            )
         if self.store_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"VQGANTrainConfig.store_dtype must be float32 or float16, got {self.store_dtype!r}"
@@ -161,7 +166,9 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
     rng = np.random.default_rng(cfg.seed)
     model = VQGANModel(cfg.model)
     params = _initial_params(cfg)
-    rendered = synthetic_frames(cfg.synthetic_frames, cfg.seed, cfg.model.resolution)
+    rendered = synthetic_frames(
+        cfg.synthetic_frames, cfg.seed, cfg.model.resolution, grey_share=cfg.synthetic_grey_share
+    )
 
     def crops(n: int, side: int) -> np.ndarray:
         return random_crops(pool, n, side, rng, rendered, cfg.synthetic_share)

@@ -180,9 +180,11 @@ def test_preview_grid(good_run, vqgan_checkpoint, tmp_path):
     from lwmkit.pipelines.vision.preview import write_preview
 
     _, out, _ = good_run
-    png = write_preview(str(out), 3, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "p.png"), frames=2)
+    # every record (7): which 3 come first goes by id, a hash of the uri, which holds this run's tmp path --
+    # and 4 of the 7 records have 1 frame, so 3 of them could make a 2-column grid
+    png = write_preview(str(out), 7, checkpoint=vqgan_checkpoint, dest=str(tmp_path / "p.png"), frames=2)
     image = Image.open(png)
-    assert image.size == (4 * 256, 3 * (256 + 24))
+    assert image.size == (4 * 256, 7 * (256 + 24))
     pixels = np.asarray(image.convert("RGB"))
     assert pixels[:256, :256].std() > 10 and pixels[:256, 256:512].std() > 10  # original and reconstruction
     # a budget above the records' frame counts: as many columns as the longest record, none left blank

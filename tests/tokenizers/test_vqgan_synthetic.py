@@ -43,6 +43,22 @@ def test_each_kind_renders_what_it_says():
     assert {(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0), (255, 255, 255)} <= colours
 
 
+def test_grey_share_adds_neutral_colours_and_zero_keeps_the_original_draws():
+    plain = [synthetic_frame("solid", 0, i, 16)[0, 0] for i in range(300)]
+    assert all(
+        np.array_equal(p, synthetic_frame("solid", 0, i, 16, grey_share=0.0)[0, 0])
+        for i, p in enumerate(plain)
+    )
+    greyed = [synthetic_frame("solid", 0, i, 16, grey_share=0.5)[0, 0] for i in range(300)]
+
+    def mid_greys(colours):  # r = g = b away from the cube's black/white corners
+        return sum(int(c[0] == c[1] == c[2] and 0 < c[0] < 255) for c in colours)
+
+    assert mid_greys(plain) == 0 and 120 <= mid_greys(greyed) <= 180
+    with pytest.raises(ValueError, match="grey_share in"):
+        synthetic_frame("solid", 0, 0, grey_share=1.5)
+
+
 def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="unknown synthetic frame kind 'noise'"):
         synthetic_frame("noise", 0, 0)

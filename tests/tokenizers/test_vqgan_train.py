@@ -70,6 +70,8 @@ def test_train_config_is_validated():
         VQGANTrainConfig(crop=100)
     with pytest.raises(ValueError, match="steps must be positive"):
         VQGANTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="synthetic_grey_share must be in"):
+        VQGANTrainConfig(synthetic_grey_share=-0.1)
     with pytest.raises(ValueError, match="synthetic_share must be in"):
         VQGANTrainConfig(synthetic_frames=10)  # frames but no share of the batch: a silent no-op
     with pytest.raises(ValueError, match="synthetic_share must be in"):
