@@ -26,6 +26,12 @@ from lwmkit.schemas import (
     shard_name,
 )
 
+# `python -m pytest` from the checkout puts its root on sys.path, where the top-level `tokenizers/`
+# folder (lwmkit.tokenizers, reached through the editable install) would shadow Hugging Face's
+# `tokenizers` package that `transformers` imports. lwmkit needs no root on the path: drop it.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+
 
 def make_packed_sample(seq_len: int = 12, key: str = "s-000000"):
     """Two segments (5 and 4 tokens) and 3 padding tokens."""
