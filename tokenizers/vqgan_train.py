@@ -56,6 +56,7 @@ class VQGANTrainConfig:
     init_from: str = ""  # start from this checkpoint's params (same shapes) instead of a fresh init
     checkpoint_every: int = 0  # also write ``out`` every k steps (a cut-off run keeps its gains)
     stop_after: int = 0  # stop after this many steps; the LR schedule still spans ``steps`` (0 = all)
+    fit_steps_to_budget: bool = False  # time the first steps, then end the schedule inside time_budget_s
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "crop", "log_every"):
@@ -82,6 +83,8 @@ class VQGANTrainConfig:
             raise ValueError(
                 f"VQGANTrainConfig.synthetic_grey_share must be in [0, 1], got {self.synthetic_grey_share}"
             )
+        if self.fit_steps_to_budget and self.time_budget_s <= 0:
+            raise ValueError("VQGANTrainConfig.fit_steps_to_budget needs a time_budget_s to fit into")
         if self.store_dtype not in ("float32", "float16"):
             raise ValueError(
                 f"VQGANTrainConfig.store_dtype must be float32 or float16, got {self.store_dtype!r}"
@@ -109,11 +112,16 @@ def _losses(model: VQGANModel, params: dict, batch: jax.Array, beta: float):
 
 
 def make_step(model: VQGANModel, optimizer: optax.GradientTransformation, beta: float):
-    """One jitted update: (params, opt_state, uint8 batch) -> (params, opt_state, metrics)."""
+    """One jitted update: (params, opt_state, uint8 batch, learning rate) -> (params, opt_state, metrics).
 
-    def step(params, opt_state, batch):
+    The learning rate is an argument, not baked into ``optimizer``, so the schedule's length can be
+    set after the first steps have been timed (``fit_steps_to_budget``).
+    """
+
+    def step(params, opt_state, batch, lr):
         grads, metrics = jax.grad(lambda p: _losses(model, p, batch, beta), has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree_util.tree_map(lambda u: -lr * u, updates)
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return jax.jit(step, donate_argnums=(0, 1))
@@ -152,10 +160,12 @@ def random_crops(pool: Sequence[np.ndarray], n: int, crop: int, rng: np.random.G
 
 
 def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | None = None,
-          meta: dict | None = None) -> Checkpoint:  # fmt: skip
+          meta: dict | None = None, rendered: Sequence[np.ndarray] | None = None) -> Checkpoint:  # fmt: skip
     """Train on ``pool`` (uint8 frames [H, W, 3], each side >= crop) and write the checkpoint to ``out``.
 
-    Returns the checkpoint (params as stored). Logs one line every ``log_every`` steps.
+    ``rendered``: the config's rendered frames made beforehand (e.g. on a machine without fonts);
+    by default they are rendered here. Returns the checkpoint (params as stored). Logs one line
+    every ``log_every`` steps.
     """
     side = cfg.model.resolution if cfg.large_crop_every else cfg.crop
     too_small = [f.shape for f in pool if min(f.shape[:2]) < side]
@@ -166,17 +176,20 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
     rng = np.random.default_rng(cfg.seed)
     model = VQGANModel(cfg.model)
     params = _initial_params(cfg)
-    rendered = synthetic_frames(
-        cfg.synthetic_frames, cfg.seed, cfg.model.resolution, grey_share=cfg.synthetic_grey_share
-    )
+    if rendered is None:
+        rendered = synthetic_frames(
+            cfg.synthetic_frames, cfg.seed, cfg.model.resolution, grey_share=cfg.synthetic_grey_share
+        )
+    elif len(rendered) != cfg.synthetic_frames:
+        raise ValueError(f"training was given {len(rendered)} rendered frames, its config asks for "
+                         f"synthetic_frames: {cfg.synthetic_frames}")  # fmt: skip
 
     def crops(n: int, side: int) -> np.ndarray:
         return random_crops(pool, n, side, rng, rendered, cfg.synthetic_share)
 
-    warmup = min(max(cfg.warmup_steps, 1), cfg.steps - 1) if cfg.steps > 1 else 0
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(cfg.steps, warmup + 1),
-                                                  end_value=0.1 * cfg.learning_rate)  # fmt: skip
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule, b1=0.9, b2=0.99))
+    steps = cfg.steps
+    schedule = _schedule(cfg, steps)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b1=0.9, b2=0.99))
     opt_state = optimizer.init(params)
     update = make_step(model, optimizer, cfg.model.commitment_cost)
     encode_latents = jax.jit(
@@ -188,12 +201,30 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
     window = np.zeros(cfg.model.num_embeddings, np.int64)
     history: list[dict] = []
     t0, cpu0, restarted = time.monotonic(), time.process_time(), 0
-    for i in range(1, cfg.steps + 1):
+    # fit_steps_to_budget: time `timed` steps once both batch shapes have compiled, then size the schedule
+    compiled, timed = max(cfg.large_crop_every, 1), 8 * max(cfg.large_crop_every, 1)
+    t_compiled = 0.0
+    i = 0
+    while i < steps:
+        i += 1
         large = cfg.large_crop_every and i % cfg.large_crop_every == 0
         batch = crops(max(cfg.batch_size // 4, 1), cfg.model.resolution) if large else crops(cfg.batch_size, cfg.crop)  # fmt: skip
-        params, opt_state, m = update(params, opt_state, batch)
+        params, opt_state, m = update(params, opt_state, batch, schedule(i - 1))
         window += np.bincount(np.asarray(m["codes"]).ravel(), minlength=cfg.model.num_embeddings)
-        last = (i == cfg.steps or i == cfg.stop_after or 0 < cfg.time_budget_s <= time.monotonic() - t0
+        if cfg.fit_steps_to_budget and i == compiled:
+            t_compiled = time.monotonic()
+        elif cfg.fit_steps_to_budget and i == compiled + timed:
+            now = time.monotonic()
+            per_step = (now - t_compiled) / timed
+            steps = min(cfg.steps, i + max(int(0.95 * (cfg.time_budget_s - (now - t0)) / per_step), 1))
+            cfg = dataclasses.replace(cfg, steps=steps)  # the checkpoint records the schedule that ran
+            schedule = _schedule(
+                cfg, steps
+            )  # the steps so far ran its warmup, which does not depend on the length
+            log_step(
+                f"{per_step * 1e3:.0f} ms/step: the schedule ends at step {steps} to fit {cfg.time_budget_s:.0f} s"
+            )
+        last = (i == steps or i == cfg.stop_after or 0 < cfg.time_budget_s <= time.monotonic() - t0
                 or 0 < cfg.cpu_budget_s <= time.process_time() - cpu0)  # fmt: skip
         if i % cfg.log_every == 0 or last:
             usage = codebook_usage(window, cfg.model.num_embeddings, counts=True)
@@ -202,7 +233,7 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
                    "seconds": time.monotonic() - t0}  # fmt: skip
             history.append(row)
             psnr = 10 * np.log10(4.0 / max(row["mse"], 1e-12))  # pixels span [-1, 1]: peak-to-peak 2
-            log_step(f"step {i}/{cfg.steps} loss {row['loss']:.4f} psnr {psnr:.2f} dB usage {usage['fraction']:.1%} "
+            log_step(f"step {i}/{steps} loss {row['loss']:.4f} psnr {psnr:.2f} dB usage {usage['fraction']:.1%} "
                      f"ppl {usage['perplexity']:.0f} restarted {restarted} "
                      f"{i * cfg.batch_size / row['seconds']:.1f} crops/s")  # fmt: skip
         if last:
@@ -214,6 +245,13 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
         if out is not None and cfg.checkpoint_every and i % cfg.checkpoint_every == 0:
             _save(params, cfg, out, meta, i, history, t0, cpu0)
     return _save(params, cfg, out, meta, i, history, t0, cpu0)
+
+
+def _schedule(cfg: VQGANTrainConfig, steps: int):
+    """Linear warmup to the peak, cosine to 10 % of it at ``steps``."""
+    warmup = min(max(cfg.warmup_steps, 1), steps - 1) if steps > 1 else 0
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, warmup, max(steps, warmup + 1),
+                                              end_value=0.1 * cfg.learning_rate)  # fmt: skip
 
 
 def _initial_params(cfg: VQGANTrainConfig) -> dict:
