@@ -34,6 +34,8 @@ def _natural(frames: int) -> np.ndarray:
 def _table(reports: list[dict]) -> str:
     rows = [("held-out bikes.mp4 PSNR mean / worst (dB)",
              lambda r: f"{r['natural']['psnr_mean']:.2f} / {r['natural']['psnr_min']:.2f}"),
+            ("  the same frames decoded before quantisation (the network's own limit)",
+             lambda r: f"{r['natural']['psnr_unquantised']:.2f}"),
             ("pure colours: worst channel MAE (goal <= 10)", lambda r: f"{r['colours_worst_channel_mae']:.1f}")]  # fmt: skip
     for name in reports[0]["colours"]:
         rows.append((f"  {name}: mean RGB back / worst channel MAE",

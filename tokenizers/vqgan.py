@@ -89,6 +89,14 @@ class VQGANTokenizer:
 
         return jax.jit(fn)
 
+    @cached_property
+    def _unquantised_fn(self):
+        def fn(params: dict, frames: jax.Array) -> jax.Array:
+            z = self.model.apply({"params": params}, to_pixels(frames), method=VQGANModel.encode_latents)
+            return to_uint8(self.model.apply({"params": params}, z, method=VQGANModel.decode_latents))
+
+        return jax.jit(fn)
+
     def _chunked(self, fn, array: np.ndarray, out_tail: tuple[int, ...], out_dtype: Any) -> np.ndarray:
         n = array.shape[0]
         out = np.empty((n, *out_tail), out_dtype)
@@ -123,6 +131,17 @@ class VQGANTokenizer:
         r = self.config.resolution
         return self._chunked(
             self._decode_fn, codes.astype(np.int32), (r, r, self.config.num_channels), np.uint8
+        )
+
+    def reconstruct(self, frames: np.ndarray, *, quantise: bool = True) -> np.ndarray:
+        """``decode(encode(frames))``; ``quantise=False`` decodes the encoder's latents before the
+        codebook: what the network alone keeps (its PSNR above the coded one is what quantising costs)."""
+        if quantise:
+            return self.decode(self.encode(frames))
+        self.encode(frames[:0])  # the same input checks
+        r = self.config.resolution
+        return self._chunked(
+            self._unquantised_fn, np.asarray(frames), (r, r, self.config.num_channels), np.uint8
         )
 
     def with_options(self, *, dtype: str | None = None, chunk: int | None = None) -> VQGANTokenizer:

@@ -104,8 +104,9 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
     if natural is not None and len(natural):
         rec = roundtrip(natural)
         scores = psnr(natural, rec)
+        unquantised = float(psnr(natural, tokenizer.reconstruct(natural, quantise=False)).mean())
         report["natural"] = {"n_frames": len(natural), "psnr_mean": float(scores.mean()),
-                             "psnr_min": float(scores.min())}  # fmt: skip
+                             "psnr_min": float(scores.min()), "psnr_unquantised": unquantised}  # fmt: skip
         images["natural"] = np.stack([natural, rec])
     names, colours = pure_colour_frames(size)
     rec = roundtrip(colours)

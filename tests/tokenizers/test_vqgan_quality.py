@@ -71,6 +71,12 @@ def test_shipped_default_beats_the_stated_bar_on_frames_it_never_saw(heldout):
     assert report.psnr_mean >= PSNR_BAR_DB, report
     assert report.codebook_fraction >= USAGE_BAR, report
     assert recon.shape == heldout.shape
+    # skipping the quantiser: what the network alone keeps; the coded frames can only lose to it here
+    assert np.array_equal(tok.reconstruct(heldout[:8]), recon[:8])
+    unquantised = psnr(heldout[:8], tok.reconstruct(heldout[:8], quantise=False))
+    assert unquantised.mean() > psnr(heldout[:8], recon[:8]).mean()
+    with pytest.raises(ValueError, match="uint8 frames"):
+        tok.reconstruct(heldout[:1].astype(np.float32), quantise=False)
 
 
 @pytest.mark.slow
