@@ -157,3 +157,23 @@ def test_tiny_training_run_learns_tracks_usage_and_writes_a_loadable_checkpoint(
     codes = tok.encode(frames)
     assert codes.shape == (4, 16) and codes.max() < 64
     assert psnr(frames, tok.decode(codes)).mean() > 12  # untrained: ~8 dB; this run measured ~14
+
+
+@pytest.mark.parametrize("name", ["vqgan-small", "vqgan-small-v2", "vqgan-small-v2-anneal", "vqgan-small-v3",
+                                  "vqgan-base-gpu"])  # fmt: skip
+def test_shipped_recipes_load_and_chain(name):
+    """Every VQGAN recipe in configs/ is a valid VQGANTrainConfig; the small default's stages chain, same shapes."""
+    from pathlib import Path
+
+    from lwmkit.runtime.config import load_config
+    from lwmkit.tokenizers.vqgan import small_config
+
+    cfg = load_config(VQGANTrainConfig, str(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"))
+    if name.startswith("vqgan-small"):
+        # same parameter shapes (stage 1 normalised in 8 groups, later stages in 4: GroupNorm has no own params)
+        assert dataclasses.replace(cfg.model, norm_groups=4) == small_config()
+        assert cfg.init_from == {"vqgan-small": "", "vqgan-small-v2": "runs/vqgan-stage1.msgpack",
+                                 "vqgan-small-v2-anneal": "runs/vqgan-stage2.msgpack",
+                                 "vqgan-small-v3": "runs/vqgan-stage3.msgpack"}[name]  # fmt: skip
+    else:
+        assert cfg.model.num_embeddings == 8192 and cfg.synthetic_grey_share > 0
