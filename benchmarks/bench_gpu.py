@@ -216,7 +216,7 @@ def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def _pack_demo(tmp: Path, seq_len: int) -> str | None:
+def _pack_demo(tmp: Path, seq_len: int, out: Path | None = None) -> str | None:
     if _missing("apache_beam"):
         say(
             "  no shards: lwmkit pack needs apache-beam, which is not installed here. Pack on a CPU machine "
@@ -228,7 +228,7 @@ def _pack_demo(tmp: Path, seq_len: int) -> str | None:
 
     materialise(tmp / "samples", videos=False)
     mixture = write_demo_mixture(tmp / "demo", (tmp / "samples" / "books" / "botchan.txt").read_text())
-    out = tmp / f"shards-{seq_len}"
+    out = out or tmp / f"shards-{seq_len}"
     subprocess.run(
         [
             sys.executable,
@@ -310,7 +310,18 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=6, help="lwmkit train steps (a checkpoint at step 4)")
     ap.add_argument("--budget", type=float, default=270.0, help="seconds after which later cases are skipped")
+    ap.add_argument(
+        "--pack",
+        type=Path,
+        help="only pack the demo mixture's 8K shards into this folder (here, for the GPU)",
+    )
     args = ap.parse_args()
+    if args.pack:
+        with tempfile.TemporaryDirectory() as tmp:
+            if _pack_demo(Path(tmp), 8192, args.pack.resolve()) is None:
+                sys.exit(2)
+        say(f"packed 8K shards into {args.pack}: carry it and pass --shards {args.pack}")
+        return
     small = args.small
     deadline = T0 + args.budget
     dev = jax.devices()[0]
