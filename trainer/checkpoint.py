@@ -100,13 +100,13 @@ def code_version() -> str:
         return f"lwmkit {__version__}"
 
 
-def _manager(path: str, keep: int | None, async_save: bool) -> ocp.CheckpointManager:
+def _manager(path: str, keep: int | None, async_save: bool, save_gb: float = 96) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save
     )
     handlers = {
-        "params": ocp.StandardCheckpointHandler(),
-        "opt_state": ocp.StandardCheckpointHandler(),
+        "params": ocp.StandardCheckpointHandler(save_concurrent_gb=save_gb),  # type: ignore[arg-type]
+        "opt_state": ocp.StandardCheckpointHandler(save_concurrent_gb=save_gb),  # type: ignore[arg-type]
         "meta": ocp.JsonCheckpointHandler(),
     }
     return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
@@ -129,10 +129,13 @@ def absolute(path: str) -> str:
 class StageCheckpoints:
     """The step and final checkpoints of one stage."""
 
-    def __init__(self, root: str, stage: str, *, keep: int, async_save: bool = True):
+    def __init__(self, root: str, stage: str, *, keep: int, async_save: bool = True, final_save_gb: float = 96):
+        """``final_save_gb``: at most this many GB of the final checkpoint in flight to storage at once
+        (orbax's ``save_concurrent_gb``, default 96; at least the largest array). A smaller value trades
+        write parallelism for host memory: ``convert import`` sets it from the model."""
         self.dir = f"{absolute(root).rstrip('/')}/{stage}"
         self.steps = _manager(f"{self.dir}/steps", keep, async_save)
-        self.final = _manager(f"{self.dir}/final", 1, False)
+        self.final = _manager(f"{self.dir}/final", 1, False, final_save_gb)
         self.pending: str | None = None  # the step checkpoint being written in the background
         self.blocked_seconds = 0.0  # how long the last save() held the training loop
         logging.getLogger("absl").addFilter(_QUIET)  # a Filter added twice is kept once
