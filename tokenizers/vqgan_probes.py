@@ -11,7 +11,7 @@ import string
 
 import numpy as np
 
-from lwmkit.tokenizers.vqgan_quality import psnr
+from lwmkit.tokenizers.vqgan_quality import evaluate, psnr
 from lwmkit.tokenizers.vqgan_synthetic import (
     TEXT_PROBES,
     load_font,
@@ -102,11 +102,9 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
     report: dict = {"tokenizer_id": tokenizer.id}
     images: dict[str, np.ndarray] = {}
     if natural is not None and len(natural):
-        rec = roundtrip(natural)
-        scores = psnr(natural, rec)
-        unquantised = float(psnr(natural, tokenizer.reconstruct(natural, quantise=False)).mean())
-        report["natural"] = {"n_frames": len(natural), "psnr_mean": float(scores.mean()),
-                             "psnr_min": float(scores.min()), "psnr_unquantised": unquantised}  # fmt: skip
+        quality, rec = evaluate(tokenizer, natural)
+        report["natural"] = {"n_frames": len(natural), "psnr_mean": quality.psnr_mean,
+                             "psnr_min": quality.psnr_min, "psnr_unquantised": quality.psnr_unquantised}  # fmt: skip
         images["natural"] = np.stack([natural, rec])
     names, colours = pure_colour_frames(size)
     rec = roundtrip(colours)

@@ -52,19 +52,24 @@ class QualityReport:
     codebook_fraction: float
     perplexity: float
     tokenizer_id: str
+    psnr_unquantised: float  # the same frames decoded before the codebook: the network's own limit, dB
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def evaluate(tokenizer, frames: np.ndarray) -> tuple[QualityReport, np.ndarray]:
-    """Encode and decode uint8 frames [N, 256, 256, 3] -> (report, reconstructions uint8 [N, 256, 256, 3])."""
+    """Encode and decode uint8 frames [N, 256, 256, 3] -> (report, reconstructions uint8 [N, 256, 256, 3]).
+
+    The report also scores the frames decoded from the encoder's latents before quantisation: the gap to
+    ``psnr_mean`` is what the codebook costs."""
     codes = tokenizer.encode(frames)
     recon = tokenizer.decode(codes)
     scores = psnr(frames, recon)
     usage = codebook_usage(codes, tokenizer.config.num_embeddings)
     report = QualityReport(len(frames), float(scores.mean()), float(scores.min()), usage["used"],
-                           usage["fraction"], usage["perplexity"], tokenizer.id)  # fmt: skip
+                           usage["fraction"], usage["perplexity"], tokenizer.id,
+                           float(psnr(frames, tokenizer.reconstruct(frames, quantise=False)).mean()))  # fmt: skip
     return report, recon
 
 
