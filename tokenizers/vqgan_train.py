@@ -218,12 +218,9 @@ def train(pool: Sequence[np.ndarray], cfg: VQGANTrainConfig, out: str | Path | N
             per_step = (now - t_compiled) / timed
             steps = min(cfg.steps, i + max(int(0.95 * (cfg.time_budget_s - (now - t0)) / per_step), 1))
             cfg = dataclasses.replace(cfg, steps=steps)  # the checkpoint records the schedule that ran
-            schedule = _schedule(
-                cfg, steps
-            )  # the steps so far ran its warmup, which does not depend on the length
-            log_step(
-                f"{per_step * 1e3:.0f} ms/step: the schedule ends at step {steps} to fit {cfg.time_budget_s:.0f} s"
-            )
+            schedule = _schedule(cfg, steps)  # the warmup already run does not depend on the length
+            log_step(f"{per_step * 1e3:.0f} ms/step: the schedule ends at step {steps} "
+                     f"to fit {cfg.time_budget_s:.0f} s")  # fmt: skip
         last = (i == steps or i == cfg.stop_after or 0 < cfg.time_budget_s <= time.monotonic() - t0
                 or 0 < cfg.cpu_budget_s <= time.process_time() - cpu0)  # fmt: skip
         if i % cfg.log_every == 0 or last:
