@@ -49,6 +49,8 @@ def _table(reports: list[dict]) -> str:
               lambda r: f"{r['text_24px']['psnr_text_region']:.1f} dB / {r['text_24px']['ssim_text_region']:.3f}"),
              ("24 px text: glyphs read right (nearest-glyph reader)",
               lambda r: f"{r['text_24px']['glyphs_read']}/{r['text_24px']['glyphs']}")]  # fmt: skip
+    rows.append(("text at 32 / 40 / 48 px (shorter lines): glyphs read right",
+                 lambda r: ", ".join(f"{a}/{b}" for a, b in r["text_glyphs_read_by_px"].values())))  # fmt: skip
     if "needle_digits" in reports[0]:
         rows.append(("needle numbers one digit apart: pairs with identical codes / codes differing min, median",
                      lambda r: f"{len(r['needle_digits']['identical'])} of {r['needle_digits']['pairs']} / "

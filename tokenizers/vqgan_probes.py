@@ -130,4 +130,16 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
                            "ssim_text_region": ssim(frame, rec, mask), "glyphs_read": right, "glyphs": total,
                            "glyph_accuracy": right / total}  # fmt: skip
     images["text"] = np.stack([frame[None], rec[None]])
+    report["text_glyphs_read_by_px"] = {}  # the same reader on shorter lines that fit at larger sizes
+    for px in (32, 40, 48):
+        frame, _ = text_frame(SHORT_TEXT_PROBES, px=px, size=size)
+        right, total = read_glyphs(roundtrip(frame[None])[0], SHORT_TEXT_PROBES, px=px, size=size)
+        report["text_glyphs_read_by_px"][px] = [right, total]
     return report, images
+
+
+# TEXT_PROBES' colours with words short enough for 48 px text in 256 px
+SHORT_TEXT_PROBES = tuple(
+    (words, ink, paper)
+    for words, (_, ink, paper) in zip(("TAXI 42", "quick fox", "jumps 7", "Gate B12"), TEXT_PROBES, strict=True)
+)

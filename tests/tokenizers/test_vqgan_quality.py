@@ -95,6 +95,7 @@ def test_shipped_default_keeps_pure_colours_patterns_and_text():
     assert min(patterns.values()) >= PATTERN_PSNR_BAR_DB, report["patterns"]
     assert report["text_24px"]["ssim_text_region"] >= TEXT_SSIM_BAR, report["text_24px"]
     assert images["text"].shape == (2, 1, 256, 256, 3)
+    assert {px: total for px, (_, total) in report["text_glyphs_read_by_px"].items()} == {32: 27, 40: 27, 48: 27}
 
 
 def vqgan_meta() -> dict:
