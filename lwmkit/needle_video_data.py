@@ -40,6 +40,7 @@ from lwmkit.tokenizers.needle_video import (
     frames_for_length,
     insert_needles,
     render_needle,
+    require_records_vqgan,
 )
 from lwmkit.tokenizers.text import TextTokenizer
 
@@ -126,12 +127,7 @@ def needle_codes(numbers: list[str], vqgan) -> dict[str, np.ndarray]:
 
 def build_rows(cfg: VideoNeedleConfig, pool: FramePool, tok: TextTokenizer, vqgan) -> list[dict]:
     """Every example as a ``VISION_RECORD`` row, each measured as pack formats it."""
-    if vqgan.id != pool.tokenizer_id:
-        raise ContractError(
-            f"the haystack records were tokenized with VQGAN {pool.tokenizer_id[:12]}, "
-            f"not {vqgan.id[:12]}; pass the same --vqgan",
-            field="vqgan",
-        )
+    require_records_vqgan(pool.tokenizer_id, vqgan)
     if vqgan.config.resolution != RESOLUTION:
         raise ContractError(
             f"needle frames are {RESOLUTION}px; the VQGAN takes {vqgan.config.resolution}px", field="vqgan"

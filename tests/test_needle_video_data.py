@@ -251,5 +251,13 @@ def test_needles_need_the_records_vqgan(vision_records: list[str], tok: TextToke
 
     pool = read_pool(vision_records, tok.vocab_layout())
     other = dataclasses.replace(vqgan, id="0" * 64)  # the same weights under another id: another VQGAN
-    with pytest.raises(ContractError, match="same --vqgan"):
+    with pytest.raises(ContractError, match="same --vqgan") as err:
         build_rows(VideoNeedleConfig(2048, 1), pool, tok, other)
+    assert "git show" not in str(err.value)  # the records' VQGAN is no earlier default
+    # records made with an earlier shipped default: the error says where to get that VQGAN back
+    from lwmkit.tokenizers.vqgan_history import EARLIER_DEFAULTS, earlier_default_hint
+
+    old_id, (rev, _) = next(iter(EARLIER_DEFAULTS.items()))
+    with pytest.raises(ContractError, match=f"git show {rev}:tokenizers/data/vqgan-lwmkit-small.msgpack"):
+        build_rows(VideoNeedleConfig(2048, 1), dataclasses.replace(pool, tokenizer_id=old_id), tok, vqgan)
+    assert earlier_default_hint(old_id[:8]) and not earlier_default_hint(old_id[:7]) and not earlier_default_hint(None)

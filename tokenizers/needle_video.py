@@ -92,6 +92,19 @@ def digit_separation(tokenizer, n_numbers: int = 40, seed: int = 0) -> dict:
             "min_codes_differing": int(differ.min()), "median_codes_differing": float(np.median(differ))}  # fmt: skip
 
 
+def require_records_vqgan(records_vqgan_id: str, vqgan) -> None:
+    """Refuse needle frames tokenized with another VQGAN than the haystack records were (their codes
+    would mean different pictures), naming where an earlier shipped default can be had."""
+    if vqgan.id != records_vqgan_id:
+        from lwmkit.tokenizers.vqgan_history import earlier_default_hint
+
+        raise ContractError(
+            f"the haystack records were tokenized with VQGAN {records_vqgan_id[:12]}, not {vqgan.id[:12]}; "
+            f"pass the same --vqgan{earlier_default_hint(records_vqgan_id)}",
+            field="vqgan",
+        )
+
+
 @dataclass(frozen=True)
 class FramePool:
     """Every frame of some vision records, end to end: ``codes`` int32 ``[n_frames, per_frame]``."""

@@ -25,6 +25,7 @@ from lwmkit.tokenizers.needle_video import (
     frames_for_length,
     insert_needles,
     render_needle,
+    require_records_vqgan,
     video_prompt,
 )
 from lwmkit.tokenizers.text import TextTokenizer
@@ -50,12 +51,7 @@ def length_of_frames(tok: TextTokenizer, frames: int, needles: int) -> int:
 def build_video_cases(pool: FramePool, vqgan, tok: TextTokenizer, grid: NeedleGrid) -> list[NeedleCase]:
     """Every case of the grid, deterministic in ``grid.seed``; needle frames tokenized with
     ``vqgan`` (the one that tokenized the pool's records)."""
-    if vqgan.id != pool.tokenizer_id:
-        raise ContractError(
-            f"the haystack records were tokenized with VQGAN {pool.tokenizer_id[:12]}, "
-            f"not {vqgan.id[:12]}; pass the same --vqgan",
-            field="vqgan",
-        )
+    require_records_vqgan(pool.tokenizer_id, vqgan)
     if grid.retrieve != grid.needles:
         raise ValueError(
             f"the video question asks for every needle: retrieve ({grid.retrieve}) must equal "

@@ -64,11 +64,13 @@ def check_settings(output: str, settings: JobSettings) -> None:
             old = json.loads(f.read().decode("utf-8"))
         for key, value in settings.__dict__.items():
             if old.get(key) != value:
-                raise ContractError(
-                    f"this output was made with {key}={old.get(key)!r}, this run has {value!r}; "
-                    "use a new --output (records made with different settings must not mix)",
-                    field=key, source=path,
-                )  # fmt: skip
+                why = (f"this output was made with {key}={old.get(key)!r}, this run has {value!r}; "
+                       "use a new --output (records made with different settings must not mix)")  # fmt: skip
+                if key == "tokenizer_id":
+                    from lwmkit.tokenizers.vqgan_history import earlier_default_hint
+
+                    why += f", or pass the VQGAN it was made with (--vqgan){earlier_default_hint(old.get(key))}"
+                raise ContractError(why, field=key, source=path)
         return
     write_atomic(path, settings.to_json().encode(), BEAM)
 

@@ -144,3 +144,19 @@ def test_inputs_take_a_comma_separated_list(tmp_path):
     odd = tmp_path / "c,d.mp4"  # a file whose own name holds a comma is not split
     odd.write_bytes(b"x")
     assert [i.uri for i in read_inputs(str(odd))] == [str(odd)]
+
+
+def test_a_rerun_with_another_vqgan_is_refused_naming_where_an_earlier_default_lives(tmp_path):
+    from lwmkit.pipelines.vision.output import JobSettings, check_settings
+    from lwmkit.tokenizers.vqgan_history import EARLIER_DEFAULTS
+
+    old_id, (rev, _) = next(iter(EARLIER_DEFAULTS.items()))
+    made = JobSettings(num_shards=2, decode_settings="{}", tokenizer_id=old_id, source="media")
+    check_settings(str(tmp_path), made)  # the first run writes vision_job.json
+    check_settings(str(tmp_path), made)  # the same settings again: fine
+    now = JobSettings(num_shards=2, decode_settings="{}", tokenizer_id="f" * 64, source="media")
+    with pytest.raises(ContractError, match=f"--vqgan.*git show {rev}:tokenizers/data/vqgan-lwmkit-small.msgpack"):
+        check_settings(str(tmp_path), now)
+    with pytest.raises(ContractError, match="num_shards=2") as err:
+        check_settings(str(tmp_path), JobSettings(3, "{}", old_id, "media"))
+    assert "--vqgan" not in str(err.value)
