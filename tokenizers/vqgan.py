@@ -108,15 +108,18 @@ class VQGANTokenizer:
             out[start : start + self.chunk] = np.asarray(fn(self.params, part))[: n - start]
         return out
 
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 RGB frames [N, R, R, 3] (R = config.resolution, 256) -> int32 codes [N, g*g], row-major."""
+    def _frames(self, frames: np.ndarray) -> np.ndarray:
         r, c = self.config.resolution, self.config.num_channels
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (r, r, c):
             raise ValueError(
                 f"encode expects uint8 frames [N, {r}, {r}, {c}], got {frames.dtype} {list(frames.shape)}"
             )
-        return self._chunked(self._encode_fn, frames, (self.config.tokens_per_frame,), np.int32)
+        return frames
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 RGB frames [N, R, R, 3] (R = config.resolution, 256) -> int32 codes [N, g*g], row-major."""
+        return self._chunked(self._encode_fn, self._frames(frames), (self.config.tokens_per_frame,), np.int32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int codes [N, g*g] in [0, num_embeddings) -> uint8 RGB frames [N, R, R, 3]."""
@@ -138,11 +141,8 @@ class VQGANTokenizer:
         codebook: what the network alone keeps (its PSNR above the coded one is what quantising costs)."""
         if quantise:
             return self.decode(self.encode(frames))
-        self.encode(frames[:0])  # the same input checks
-        r = self.config.resolution
-        return self._chunked(
-            self._unquantised_fn, np.asarray(frames), (r, r, self.config.num_channels), np.uint8
-        )
+        frames = self._frames(frames)
+        return self._chunked(self._unquantised_fn, frames, frames.shape[1:], np.uint8)
 
     def with_options(self, *, dtype: str | None = None, chunk: int | None = None) -> VQGANTokenizer:
         """The same weights with another compute dtype or chunk size (recompiles)."""

@@ -88,6 +88,13 @@ def read_glyphs(image: np.ndarray, lines=TEXT_PROBES, px: int = 24, size: int = 
     return right, total
 
 
+# TEXT_PROBES' colours with words short enough for 48 px text in 256 px
+SHORT_TEXT_PROBES = tuple(
+    (words, ink, paper)
+    for words, (_, ink, paper) in zip(("TAXI 42", "quick fox", "jumps 7", "Gate B12"), TEXT_PROBES, strict=True)
+)
+
+
 def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Run every probe through ``tokenizer`` (encode + decode).
 
@@ -95,9 +102,6 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
     images maps "colours", "patterns", "text" (and "natural") to [2, N, H, W, 3] original/reconstruction stacks.
     """
     size = tokenizer.config.resolution
-
-    def roundtrip(frames: np.ndarray) -> np.ndarray:
-        return tokenizer.decode(tokenizer.encode(frames))
 
     report: dict = {"tokenizer_id": tokenizer.id}
     images: dict[str, np.ndarray] = {}
@@ -107,7 +111,7 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
                              "psnr_min": quality.psnr_min, "psnr_unquantised": quality.psnr_unquantised}  # fmt: skip
         images["natural"] = np.stack([natural, rec])
     names, colours = pure_colour_frames(size)
-    rec = roundtrip(colours)
+    rec = tokenizer.reconstruct(colours)
     err = channel_errors(colours, rec)
     report["colours"] = {
         n: {"mean_rgb": [round(float(v), 1) for v in rec[k].reshape(-1, 3).mean(0)],
@@ -117,13 +121,13 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
     report["colours_worst_channel_mae"] = float(err.max())
     images["colours"] = np.stack([colours, rec])
     names, patterns = pattern_frames(size)
-    rec = roundtrip(patterns)
+    rec = tokenizer.reconstruct(patterns)
     err, scores = channel_errors(patterns, rec), psnr(patterns, rec)
     report["patterns"] = {n: {"psnr": round(float(scores[k]), 2), "worst_channel_mae": round(float(err[k].max()), 2)}
                           for k, n in enumerate(names)}  # fmt: skip
     images["patterns"] = np.stack([patterns, rec])
     frame, mask = text_frame(px=24, size=size)
-    rec = roundtrip(frame[None])[0]
+    rec = tokenizer.reconstruct(frame[None])[0]
     region = (frame[mask].astype(np.float64) - rec[mask].astype(np.float64)) ** 2
     right, total = read_glyphs(rec, px=24, size=size)
     report["text_24px"] = {"psnr_text_region": float(10 * np.log10(255.0**2 / max(region.mean(), 1e-12))),
@@ -133,13 +137,6 @@ def probe(tokenizer, natural: np.ndarray | None = None) -> tuple[dict, dict[str,
     report["text_glyphs_read_by_px"] = {}  # the same reader on shorter lines that fit at larger sizes
     for px in (32, 40, 48):
         frame, _ = text_frame(SHORT_TEXT_PROBES, px=px, size=size)
-        right, total = read_glyphs(roundtrip(frame[None])[0], SHORT_TEXT_PROBES, px=px, size=size)
+        right, total = read_glyphs(tokenizer.reconstruct(frame[None])[0], SHORT_TEXT_PROBES, px=px, size=size)
         report["text_glyphs_read_by_px"][px] = [right, total]
     return report, images
-
-
-# TEXT_PROBES' colours with words short enough for 48 px text in 256 px
-SHORT_TEXT_PROBES = tuple(
-    (words, ink, paper)
-    for words, (_, ink, paper) in zip(("TAXI 42", "quick fox", "jumps 7", "Gate B12"), TEXT_PROBES, strict=True)
-)

@@ -255,8 +255,7 @@ def write_checkpoint(out: str, cfg: TrainConfig, params: Any, lineage: list[dict
             "init": note, "config": to_dict(cfg), "code_version": code_version(), "has_opt_state": False}
     # orbax writes every array at once by default, buffering ~0.8x the model; two largest arrays (at
     # least 0.5 GB) in flight keep the import near 1.3x at 1B params (benchmarks/RESULTS.md)
-    largest = max((int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize
-                   for a in convert.flatten(params).values()), default=0)  # fmt: skip
+    largest = max((a.nbytes for a in convert.flatten(params).values()), default=0)
     ck = StageCheckpoints(out, stage.name, keep=1, async_save=False, final_save_gb=max(2 * largest, 5e8) / 1e9)
     ck.save(step, params, {"count": np.zeros((), np.int32)}, meta, final=True)
     ck.close()
